@@ -1,0 +1,35 @@
+# Two commands matter: `make run` (train the default system on synthetic data) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+
+.PHONY: run test test-all lint bench synth clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev,translate,audio]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/amr-train $(ARGS)
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q $(ARGS)
+
+test-all: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check amr tests benchmarks
+	$(VENV)/bin/ruff format --check amr tests benchmarks
+	$(VENV)/bin/mypy amr
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,70 @@
+"""Small I/O helpers: atomic writes and JSONL reading with line-numbered errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from amr.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` and rename it over ``path`` only on success.
+
+    A crash or exception leaves the old file (or nothing) in place, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=indent)
+        f.write("\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """Read a JSONL file; returns ``(line_number, object)`` pairs, skipping blank lines.
+
+    Raises:
+        InputError: naming the file and line of the first malformed line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with path.open() as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"malformed JSON ({e.msg})", path, i) from None
+            if not isinstance(obj, dict):
+                raise InputError("each line must be a JSON object", path, i)
+            rows.append((i, obj))
+    return rows

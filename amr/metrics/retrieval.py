@@ -1,0 +1,202 @@
+"""The official DCASE 2026 Task 6 moment-retrieval metrics, vectorised over queries.
+
+Same numbers as the Moment-DETR ``standalone_eval`` used by the baseline, to the last rounded digit:
+
+* GT windows are kept only with length in (0, 1500]; queries left without windows are dropped
+  together with their predictions ("full" range).
+* mAP@IoU: per query, the first 10 listed predictions are sorted by score (stable), greedily matched
+  to GT windows in NumPy's ``argsort`` order of IoU (ties broken as NumPy breaks them), AP with VOC
+  interpolation; averaged over queries, then over the thresholds 0.50:0.05:0.95.
+* R1@IoU: the *first listed* prediction against the GT window of highest IoU (first on ties); the
+  IoU there divides by the hull ``max(ed) - min(st)``, as the official code does, and a zero hull
+  scores 0.
+* Every figure is ``100 * value`` rounded with ``f"{x:.2f}"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+THRESHOLDS: tuple[float, ...] = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
+MAX_PREDICTIONS = 10
+GT_LENGTH_RANGE = (0.0, 1500.0)
+
+BRIEF_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75")
+
+
+def _round(x: float) -> float:
+    return float(f"{100 * x:.2f}")
+
+
+def filter_gt(windows: np.ndarray) -> np.ndarray:
+    """Keep GT windows with ``lo < length <= hi`` (official "full" range). windows: (n, 2)."""
+    lengths = windows[:, 1] - windows[:, 0]
+    lo, hi = GT_LENGTH_RANGE
+    return windows[(lengths > lo) & (lengths <= hi)]
+
+
+def _cross_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """True IoU between every prediction and every GT window. pred: (..., P, 2), gt: (..., G, 2) -> (..., P, G)."""
+    a1 = pred[..., :, 1] - pred[..., :, 0]
+    a2 = gt[..., :, 1] - gt[..., :, 0]
+    left = np.maximum(pred[..., :, None, 0], gt[..., None, :, 0])
+    right = np.minimum(pred[..., :, None, 1], gt[..., None, :, 1])
+    inter = np.clip(right - left, 0, None)
+    union = a1[..., :, None] + a2[..., None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union
+
+
+def _numpy_sum_small(vals: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Row sums of (N, n<=16) values whose first ``count`` entries are the ones to add (the rest are
+    zeros), in the exact order NumPy's pairwise ``np.sum`` adds a compact array of ``count`` entries
+    (sequential below 8 entries, eight partial sums from 8 on), so the AP sums agree bit for bit."""
+    n = vals.shape[1]
+    seq = np.zeros(vals.shape[0])
+    for i in range(n):
+        seq = seq + vals[:, i]
+    if n < 8:
+        return seq
+    r = vals[:, :8]
+    pw = ((r[:, 0] + r[:, 1]) + (r[:, 2] + r[:, 3])) + ((r[:, 4] + r[:, 5]) + (r[:, 6] + r[:, 7]))
+    for i in range(8, n):
+        pw = pw + vals[:, i]
+    return np.where(count >= 8, pw, seq)
+
+
+def _ap_group(preds: np.ndarray, n_preds: np.ndarray, gts: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """AP for queries that all have the same number G of GT windows.
+
+    Args:
+        preds: (Q, P, 3) rows [st, ed, score], already sorted by descending score, padded after n_preds.
+        n_preds: (Q,) number of real rows.
+        gts: (Q, G, 2).
+        thr: (T,) IoU thresholds.
+    Returns:
+        (Q, T) average precision.
+    """
+    q, p, _ = preds.shape
+    g = gts.shape[1]
+    t = thr.shape[0]
+    iou = _cross_iou(preds[..., :2], gts)  # (Q, P, G)
+    # The official code sorts each (G,) row with ndarray.argsort() and walks it backwards; sorting the
+    # same rows with the same kind keeps its tie order.
+    order = np.argsort(iou, axis=-1)[..., ::-1]
+    iou_sorted = np.take_along_axis(iou, order, axis=-1)
+    locked = np.zeros((q, t, g), dtype=bool)
+    tp = np.zeros((q, t, p))
+    valid = np.arange(p)[None, :] < n_preds[:, None]  # (Q, P)
+    rows = np.arange(q)[:, None]
+    cols = np.arange(t)[None, :]
+    for i in range(p):
+        o = order[:, i, :]  # (Q, G)
+        below = iou_sorted[:, i, None, :] < thr[None, :, None]  # (Q, T, G); NaN is never below
+        locked_sorted = np.take_along_axis(locked, np.broadcast_to(o[:, None, :], (q, t, g)), axis=-1)
+        stop = below | ~locked_sorted
+        first = stop.argmax(-1)  # (Q, T)
+        hit = stop.any(-1) & ~np.take_along_axis(below, first[..., None], -1)[..., 0] & valid[:, i, None]
+        tp[:, :, i] = hit
+        j = o[rows, first]  # GT index in original order, (Q, T)
+        locked[rows, cols, j] |= hit
+    fp = valid[:, None, :] & (tp == 0)
+    tp_c = np.cumsum(tp, axis=-1)
+    fp_c = np.cumsum(fp, axis=-1).astype(float)
+    rec = tp_c / float(g)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = tp_c / (tp_c + fp_c)
+    prec = np.where(valid[:, None, :], prec, 0.0)  # padded rows never raise the interpolated precision
+    # pad rows repeat the last real recall, so they add no recall step and no area
+    last = np.take_along_axis(rec, (n_preds - 1)[:, None, None].repeat(t, 1), -1)
+    rec = np.where(valid[:, None, :], rec, last)
+    zeros = np.zeros((q, t, 1))
+    mprec = np.concatenate([zeros, prec, zeros], -1)
+    mrec = np.concatenate([zeros, rec, zeros + 1], -1)
+    mprec = np.maximum.accumulate(mprec[..., ::-1], axis=-1)[..., ::-1]
+    step = (mrec[..., 1:] - mrec[..., :-1]).reshape(q * t, -1)
+    counted = step != 0
+    contrib = np.where(counted, step * mprec[..., 1:].reshape(q * t, -1), 0.0)
+    # pack the counted entries to the front, as the official boolean indexing does
+    pack = np.argsort(~counted, axis=1, kind="stable")
+    contrib = np.take_along_axis(contrib, pack, 1)
+    return _numpy_sum_small(contrib, counted.sum(1)).reshape(q, t)
+
+
+def _mean_ap(preds: list[np.ndarray], gts: list[np.ndarray]) -> np.ndarray:
+    """(Q, T) AP of each query. preds[i]: (n_i, 3) listed order; gts[i]: (G_i, 2) filtered."""
+    thr = np.asarray(THRESHOLDS)
+    ap = np.zeros((len(preds), len(thr)))
+    n_gt = np.array([len(g) for g in gts])
+    for g in np.unique(n_gt):
+        idx = np.flatnonzero(n_gt == g)
+        n_preds = np.array([min(len(preds[i]), MAX_PREDICTIONS) for i in idx])
+        width = int(n_preds.max())
+        batch = np.zeros((len(idx), width, 3))
+        for k, i in enumerate(idx):
+            rows = preds[i][:MAX_PREDICTIONS]
+            rows = rows[np.argsort(-rows[:, 2], kind="stable")]
+            batch[k, : len(rows)] = rows
+        gt = np.stack([gts[i] for i in idx])
+        ap[idx] = _ap_group(batch, n_preds, gt, thr)
+    return ap
+
+
+def _recall_at_one(top1: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
+    """(Q,) hull IoU of the first listed prediction with its best GT window. top1: (Q, 2)."""
+    g_max = max(len(g) for g in gts)
+    gt = np.zeros((len(gts), g_max, 2))
+    pad = np.ones((len(gts), g_max), dtype=bool)
+    for i, g in enumerate(gts):
+        gt[i, : len(g)] = g
+        pad[i, : len(g)] = False
+    iou = _cross_iou(top1[:, None, :], gt)[:, 0, :]  # (Q, G)
+    iou = np.where(pad, -np.inf, iou)
+    best = gt[np.arange(len(gts)), np.argmax(iou, axis=1)]  # first maximum; NaN counts as maximal
+    inter = np.maximum(0, np.minimum(top1[:, 1], best[:, 1]) - np.maximum(top1[:, 0], best[:, 0]))
+    hull = np.maximum(top1[:, 1], best[:, 1]) - np.minimum(top1[:, 0], best[:, 0])
+    return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
+
+
+def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Official metrics.
+
+    Args:
+        predictions: qid -> (n, 3) array of ``[st, ed, score]`` rows in the submitted order (n >= 1).
+        ground_truth: qid -> (m, 2) array of GT windows. Must hold exactly the predicted qids.
+
+    Returns:
+        ``{"brief": {...}, "full": {"MR-mAP": {thr: v, ..., "average": v}, "MR-R1": {thr: v}}}``
+        exactly as the official evaluator writes it.
+    """
+    if set(predictions) != set(ground_truth):
+        missing = sorted(set(ground_truth) - set(predictions))
+        extra = sorted(set(predictions) - set(ground_truth))
+        raise ValueError(f"qid sets differ: {len(missing)} without prediction {missing[:5]}, "
+                         f"{len(extra)} not in ground truth {extra[:5]}")
+    qids, preds, gts = [], [], []
+    for qid, rows in predictions.items():
+        g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2))
+        if len(g) == 0:
+            continue
+        qids.append(qid)
+        preds.append(np.asarray(rows, dtype=float).reshape(-1, 3))
+        gts.append(g)
+    if not qids:
+        raise ValueError("no query has a GT window of length in (0, 1500]")
+    ap = _mean_ap(preds, gts)
+    ap_thr = ap.mean(0)
+    r1_iou = _recall_at_one(np.stack([p[0, :2] for p in preds]), gts)
+
+    mr_map = {str(t): _round(v) for t, v in zip(THRESHOLDS, ap_thr, strict=True)}
+    mr_map["average"] = _round(float(np.mean(ap_thr)))
+    mr_r1 = {str(t): _round(float(np.mean(r1_iou >= t))) for t in THRESHOLDS}
+    brief = {
+        "MR-full-R1@0.5": mr_r1["0.5"],
+        "MR-full-R1@0.7": mr_r1["0.7"],
+        "MR-full-mAP": mr_map["average"],
+        "MR-full-mAP@0.5": mr_map["0.5"],
+        "MR-full-mAP@0.75": mr_map["0.75"],
+    }
+    return {"brief": brief, "full": {"MR-mAP": mr_map, "MR-R1": mr_r1}}

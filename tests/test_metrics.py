@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from amr.errors import InputError
+from amr.metrics.predictions import evaluate_files, load_predictions, submission_rows
+from amr.metrics.retrieval import evaluate
+from benchmarks.reference_eval import evaluate_loop
+from tests.conftest import ANNOTATIONS, PARITY, need_shared
+
+FIXTURES = [
+    ("official_best_castella_val_preds", "castella_val"),
+    ("official_latest_castella_val_preds", "castella_val"),
+    ("castella_test_random1", "castella_test"),
+    ("castella_test_random2", "castella_test"),
+    ("clotho_moment_val_random3", "clotho_moment_val"),
+]
+
+
+@pytest.mark.parametrize(("name", "split"), FIXTURES)
+def test_official_fixtures_match_exactly(name: str, split: str) -> None:
+    pred = need_shared(PARITY / "metrics" / f"{name}.jsonl")
+    expected = json.loads((PARITY / "metrics" / f"{name}_metrics.json").read_text())
+    got = evaluate_files(pred, ANNOTATIONS / f"{split}_release.jsonl", allow_reversed=True)
+    assert got == expected
+
+
+def test_reversed_windows_are_an_error_by_default() -> None:
+    pred = need_shared(PARITY / "metrics" / "castella_test_random1.jsonl")
+    with pytest.raises(InputError, match=r"random1.jsonl:\d+: qid .* ends before it starts"):
+        evaluate_files(pred, ANNOTATIONS / "castella_test_release.jsonl")
+
+
+def _write(tmp_path, name, rows):
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+GT = [{"qid": "a", "query": "x", "vid": "v", "duration": 60, "relevant_windows": [[1, 5]]},
+      {"qid": "b", "query": "y", "vid": "v", "duration": 60, "relevant_windows": [[10, 20], [30, 40]]}]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"qid": "a"}, "missing field 'pred_relevant_windows'"),
+        ({"qid": "a", "pred_relevant_windows": [[1, "x", 0.5]]}, "non-numeric"),
+        ({"qid": "a", "pred_relevant_windows": [[5, 1, 0.5]]}, "ends before it starts"),
+        ({"qid": "zz", "pred_relevant_windows": [[1, 5, 0.5]]}, "qid zz is not in the ground truth"),
+        ({"qid": "a", "pred_relevant_windows": [[1, 5]]}, "is not \\[start, end, score\\]"),
+    ],
+)
+def test_bad_prediction_lines_name_the_line(tmp_path, line, message) -> None:
+    gt = _write(tmp_path, "gt.jsonl", GT)
+    pred = _write(tmp_path, "pred.jsonl", [{"qid": "b", "pred_relevant_windows": [[10, 20, 0.9]]}, line])
+    with pytest.raises(InputError, match=rf"pred.jsonl:2: .*{message}"):
+        evaluate_files(pred, gt)
+
+
+def test_missing_queries_need_allow_partial(tmp_path) -> None:
+    gt = _write(tmp_path, "gt.jsonl", GT)
+    pred = _write(tmp_path, "pred.jsonl", [{"qid": "b", "pred_relevant_windows": [[10, 20, 0.9]]}])
+    with pytest.raises(InputError, match="1 GT queries have no prediction"):
+        evaluate_files(pred, gt)
+    m = evaluate_files(pred, gt, allow_partial=True)
+    assert m["brief"]["MR-full-R1@0.7"] == 100.0
+    assert m["full"]["MR-mAP"]["0.5"] == 50.0  # one of two GT windows found
+
+
+def test_ground_truth_without_windows_is_an_error(tmp_path) -> None:
+    gt = _write(tmp_path, "gt.jsonl", [{"qid": "a", "query": "x", "vid": "v", "duration": 60}])
+    pred = _write(tmp_path, "pred.jsonl", [{"qid": "a", "pred_relevant_windows": [[1, 5, 0.9]]}])
+    with pytest.raises(InputError, match="gt.jsonl:1: missing field 'relevant_windows'"):
+        evaluate_files(pred, gt)
+
+
+def test_submission_sorts_by_score_and_drops_scores() -> None:
+    rows = [[float(i), float(i + 1), s] for i, s in enumerate([0.1, 0.9, 0.5, 0.9] + [0.0] * 9)]
+    sub = submission_rows([{"qid": "a", "query": "q", "vid": "v", "pred_relevant_windows": rows}])[0]
+    assert sub["pred_relevant_windows"][:3] == [[1.0, 2.0], [3.0, 4.0], [2.0, 3.0]]
+    assert len(sub["pred_relevant_windows"]) == 10
+    assert set(sub) == {"qid", "query", "vid", "pred_relevant_windows"}
+
+
+# --- property tests against the plain loop implementation --------------------------------------
+
+times = st.integers(min_value=0, max_value=40).map(float)
+window = st.tuples(times, st.integers(0, 12).map(float)).map(lambda t: [t[0], t[0] + t[1]])
+score = st.sampled_from([0.1, 0.25, 0.5, 0.5, 0.9, 1.0])
+pred_row = st.tuples(window, score).map(lambda t: [*t[0], t[1]])
+query = st.tuples(st.lists(pred_row, min_size=1, max_size=12), st.lists(window, min_size=1, max_size=6))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(query, min_size=1, max_size=25))
+def test_vectorised_equals_loop(queries) -> None:
+    preds = {f"q{i}": p for i, (p, _) in enumerate(queries)}
+    gts = {f"q{i}": g for i, (_, g) in enumerate(queries)}
+    if not any(0 < w[1] - w[0] for g in gts.values() for w in g):
+        return
+    got = evaluate({k: np.array(v) for k, v in preds.items()}, {k: np.array(v) for k, v in gts.items()})
+    assert got["full"] == evaluate_loop(preds, gts)
+
+
+def test_perfect_and_useless_predictions() -> None:
+    gts = {"a": np.array([[0.0, 10.0], [20.0, 30.0]])}
+    perfect = evaluate({"a": np.array([[0, 10, 0.9], [20, 30, 0.8]])}, gts)
+    assert perfect["brief"] == {"MR-full-R1@0.5": 100.0, "MR-full-R1@0.7": 100.0, "MR-full-mAP": 100.0,
+                                "MR-full-mAP@0.5": 100.0, "MR-full-mAP@0.75": 100.0}
+    dup = evaluate({"a": np.array([[0, 10, 0.9], [0, 10, 0.8]])}, gts)  # a duplicate is a false positive
+    assert dup["full"]["MR-mAP"]["0.5"] == 50.0
+    miss = evaluate({"a": np.array([[40, 50, 0.9]])}, gts)
+    assert miss["brief"]["MR-full-mAP"] == 0.0 and miss["brief"]["MR-full-R1@0.5"] == 0.0
+
+
+def test_load_predictions_rejects_duplicates(tmp_path) -> None:
+    pred = _write(tmp_path, "p.jsonl", [{"qid": "a", "pred_relevant_windows": [[1, 2, 0.5]]}] * 2)
+    with pytest.raises(InputError, match="p.jsonl:2: qid a duplicated"):
+        load_predictions(pred)
