@@ -1,0 +1,76 @@
+"""Multi-head attention on batch-first tensors, computed with fused scaled-dot-product attention.
+
+Two flavours keep the official parameter names so official state dicts load unchanged:
+
+* :class:`SelfProjectedAttention` owns packed input projections (``in_proj_weight``/``in_proj_bias``)
+  and ``out_proj`` exactly like ``torch.nn.MultiheadAttention`` (used by both encoders).
+* :class:`PreProjectedAttention` has no input projections, only ``out_proj``: the decoder layer
+  projects queries/keys/values itself (DAB/Conditional-DETR style). Its query/key width may differ
+  from the value width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _heads(x: Tensor, nhead: int) -> Tensor:
+    """(B, L, H*D) -> (B, H, L, D)."""
+    b, n, c = x.shape
+    return x.view(b, n, nhead, c // nhead).transpose(1, 2)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, nhead: int, blocked: Tensor | None, dropout: float) -> Tensor:
+    """Scaled dot-product attention over heads.
+
+    Args:
+        q: (B, Lq, H*Dk); k: (B, Lk, H*Dk); v: (B, Lk, H*Dv).
+        blocked: bool, True = may not attend; broadcastable to (B, H, Lq, Lk).
+    Returns:
+        (B, Lq, H*Dv).
+    """
+    mask = None if blocked is None else ~blocked
+    out = F.scaled_dot_product_attention(_heads(q, nhead), _heads(k, nhead), _heads(v, nhead),
+                                         attn_mask=mask, dropout_p=dropout)
+    b, _, lq, _ = out.shape
+    return out.transpose(1, 2).reshape(b, lq, -1)
+
+
+class SelfProjectedAttention(nn.Module):
+    """Attention with its own packed q/k/v projections (``nn.MultiheadAttention`` parameter layout)."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float) -> None:
+        super().__init__()
+        self.nhead = nhead
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
+        """q: (B, Lq, d), k/v: (B, Lk, d), blocked: broadcastable to (B, H, Lq, Lk) -> (B, Lq, d)."""
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+        bq, bk, bv = self.in_proj_bias.chunk(3)
+        p = self.dropout if self.training else 0.0
+        out = attend(F.linear(q, wq, bq), F.linear(k, wk, bk), F.linear(v, wv, bv), self.nhead, blocked, p)
+        return self.out_proj(out)
+
+
+class PreProjectedAttention(nn.Module):
+    """Attention over already projected inputs; only the output projection is learned."""
+
+    def __init__(self, value_dim: int, nhead: int, dropout: float) -> None:
+        super().__init__()
+        self.nhead = nhead
+        self.dropout = dropout
+        self.out_proj = nn.Linear(value_dim, value_dim)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, blocked: Tensor | None) -> Tensor:
+        """q/k: (B, L, H*Dk), v: (B, Lk, H*Dv) -> (B, Lq, H*Dv). Scale is 1/sqrt(Dk)."""
+        p = self.dropout if self.training else 0.0
+        return self.out_proj(attend(q, k, v, self.nhead, blocked, p))

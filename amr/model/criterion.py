@@ -1,0 +1,111 @@
+"""The official set criterion: span L1, GIoU, foreground/background CE and the saliency losses,
+on the final decoder layer and (without saliency) on every auxiliary layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from amr.model.matcher import HungarianMatcher
+from amr.model.span_ops import cxw_to_xx, paired_generalized_temporal_iou
+
+FOREGROUND, BACKGROUND = 0, 1
+
+
+class SetCriterion(nn.Module):
+    """Returns a dict of loss terms; ``weight_dict`` gives each term's weight in the total."""
+
+    def __init__(self, matcher: HungarianMatcher, weight_dict: dict[str, float], eos_coef: float = 0.1,
+                 saliency_margin: float = 0.2, tau: float = 0.5) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.weight_dict = dict(weight_dict)
+        self.saliency_margin = saliency_margin
+        self.tau = tau
+        self.register_buffer("empty_weight", torch.tensor([1.0, eos_coef]))
+
+    @staticmethod
+    def _src_idx(indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        return batch, torch.cat([src for src, _ in indices])
+
+    def loss_spans(self, outputs: dict, targets: dict, indices: list) -> dict[str, Tensor]:
+        idx = self._src_idx(indices)
+        src = outputs["pred_spans"][idx]  # (n_matched, 2)
+        tgt = torch.cat([t["spans"][j] for t, (_, j) in zip(targets["span_labels"], indices, strict=True)])
+        tgt = tgt.to(src.device)
+        return {
+            "loss_span": F.l1_loss(src, tgt, reduction="none").mean(),
+            "loss_giou": (1 - paired_generalized_temporal_iou(cxw_to_xx(src), cxw_to_xx(tgt))).mean(),
+        }
+
+    def loss_labels(self, outputs: dict, targets: dict, indices: list) -> dict[str, Tensor]:
+        logits = outputs["pred_logits"]  # (B, Nq, 2)
+        idx = self._src_idx(indices)
+        target = torch.full(logits.shape[:2], BACKGROUND, dtype=torch.int64, device=logits.device)
+        target[idx] = FOREGROUND
+        ce = F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight, reduction="none")
+        matched = logits[idx]
+        correct = (matched.argmax(-1) == FOREGROUND).float().mean() * 100 if len(matched) else logits.new_tensor(0.0)
+        # Official quirk (spec quirk 9): plain mean of the class-weighted CE, not normalised by the weights.
+        return {"loss_label": ce.mean(), "class_error": (100 - correct).detach()}
+
+    def loss_saliency(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
+        mask = outputs["audio_mask"]  # (B, La) float
+        sal = outputs["saliency_scores"]
+        sal_neg = outputs["saliency_scores_neg"]
+        # -log(1 - sigmoid(x)) written as softplus(x): the same value, without the official form's
+        # overflow to inf for large scores.
+        neg_pair = (F.softplus(sal_neg) * mask).sum(1).mean()
+
+        labels = targets["saliency_all_labels"].to(sal.dtype)
+        scores = torch.cat([sal, sal_neg], 1)
+        labels = torch.cat([labels, torch.zeros_like(labels)], 1)
+        mask2 = mask.repeat(1, 2)
+        scores = mask2 * scores + (1.0 - mask2) * -1e3
+        logits = scores / self.tau
+        logits = logits - logits.max(1, keepdim=True)[0]
+        log_prob = logits - torch.log(logits.exp().sum(1, keepdim=True) + 1e-6)
+        rank = sal.new_zeros(())
+        # Official: thresholds 1..11 over the saliency level; binary labels make only level 1 active.
+        # The sum is still divided by 12 (spec quirk 9).
+        top = int(labels.max().item()) if labels.numel() else 0
+        for level in range(1, min(top, 11) + 1):
+            pos = (labels >= level).to(sal.dtype)
+            has_pos = pos.sum(1) > 0
+            mean_log_prob_pos = (pos * log_prob * mask2).sum(1) / (pos.sum(1) + 1e-6)
+            rank = rank + (-mean_log_prob_pos * has_pos).mean()
+        rank = rank / 12
+
+        pos_idx = targets["saliency_pos_labels"].to(sal.device)  # (B, P)
+        neg_idx = targets["saliency_neg_labels"].to(sal.device)
+        pos_s = sal.gather(1, pos_idx)
+        neg_s = sal.gather(1, neg_idx)
+        n_pairs = pos_idx.shape[1]
+        hinge = (self.saliency_margin + neg_s - pos_s).clamp(min=0).sum() / (len(pos_s) * n_pairs) * 2
+        return {"loss_saliency": hinge + rank + neg_pair}
+
+    def forward(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
+        """
+        Args:
+            outputs: model outputs (see :class:`amr.model.qd_detr.QDDETR`).
+            targets: ``span_labels`` (list of {"spans": (n, 2) cxw}), ``saliency_pos_labels`` (B, 2),
+                ``saliency_neg_labels`` (B, 2), ``saliency_all_labels`` (B, La).
+        Returns:
+            loss_span, loss_giou, loss_label, class_error, loss_saliency, and for each auxiliary
+            layer i: loss_span_i, loss_giou_i, loss_label_i, class_error_i.
+        """
+        indices = self.matcher(outputs, targets)
+        losses = {**self.loss_spans(outputs, targets, indices), **self.loss_labels(outputs, targets, indices)}
+        if "saliency_pos_labels" in targets:
+            losses.update(self.loss_saliency(outputs, targets))
+        for i, aux in enumerate(outputs.get("aux_outputs", [])):
+            aux_indices = self.matcher(aux, targets)
+            terms = {**self.loss_spans(aux, targets, aux_indices), **self.loss_labels(aux, targets, aux_indices)}
+            losses.update({f"{k}_{i}": v for k, v in terms.items()})
+        return losses
+
+    def total(self, losses: dict[str, Tensor]) -> Tensor:
+        """Weighted sum of the terms that have a weight."""
+        return torch.stack([losses[k] * w for k, w in self.weight_dict.items() if k in losses]).sum()
