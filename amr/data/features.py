@@ -1,0 +1,96 @@
+"""Official CLAP feature layout on disk, and per-item npz reading.
+
+A dataset root holds::
+
+    data/<name>_{train,val,test}_release.jsonl
+    features/<feat_dir>/clap/{vid}.npz               key "features",          (T, 768), 1 frame/s
+    features/<feat_dir>/clap_text/qid{qid}.npz       key "last_hidden_state", (L, 768), token level
+
+Caption versions (back-translations or synthetic paraphrases) keep the text layout one folder
+down, one folder per version tag (e.g. a pivot language)::
+
+    features/<feat_dir>/clap_text_versions/<tag>/qid{qid}.npz
+    data/<name>_<split>_versions.jsonl               {"qid": ..., "versions": {"<tag>": "text"}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from amr.errors import InputError
+
+AUDIO_KEY = "features"
+TEXT_KEY = "last_hidden_state"
+FEAT_DIM = 768
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one dataset's files live under a root."""
+
+    root: Path
+    name: str  # annotation prefix, e.g. "castella", "clotho_moment"
+    feat_dir: str  # feature folder, e.g. "castella", "clotho-moment"
+
+    def annotations(self, split: str) -> Path:
+        return self.root / "data" / f"{self.name}_{split}_release.jsonl"
+
+    def versions_file(self, split: str) -> Path:
+        return self.root / "data" / f"{self.name}_{split}_versions.jsonl"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.root / "features" / self.feat_dir / "clap"
+
+    def text_dir(self, tag: str | None = None) -> Path:
+        base = self.root / "features" / self.feat_dir
+        return base / "clap_text" if tag is None else base / "clap_text_versions" / tag
+
+    def audio_file(self, vid: str) -> Path:
+        return self.audio_dir / f"{vid}.npz"
+
+    def text_file(self, qid: str, tag: str | None = None) -> Path:
+        return self.text_dir(tag) / f"qid{qid}.npz"
+
+
+def load_npz_array(path: Path, key: str) -> np.ndarray:
+    """Read one array from an npz file and check it: 2-d, 768 wide, finite, non-empty."""
+    try:
+        with np.load(path) as z:
+            if key not in z:
+                raise InputError(f"no key '{key}' (has {sorted(z.files)})", path)
+            arr = z[key]
+    except FileNotFoundError:
+        raise InputError("feature file missing", path) from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"unreadable npz ({e})", path) from None
+    check_features(arr, path)
+    return arr
+
+
+def check_features(arr: np.ndarray, path: Path | str) -> None:
+    if arr.ndim != 2 or arr.shape[1] != FEAT_DIM:
+        raise InputError(f"wrong feature shape {tuple(arr.shape)}, expected (n, {FEAT_DIM})", path)
+    if arr.shape[0] == 0:
+        raise InputError("empty feature array", path)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(1).argmax())
+        raise InputError(f"NaN or inf in features (first at row {bad})", path)
+
+
+def check_present(paths: Sequence[Path], kind: str, ids: Sequence[str]) -> None:
+    """Fail before any long work if feature files are missing: count and first ids."""
+    missing = [i for p, i in zip(paths, ids, strict=True) if not p.is_file()]
+    if missing:
+        folder = paths[0].parent if paths else "?"
+        raise InputError(f"{len(missing)} {kind} feature file(s) missing, first: {', '.join(missing[:5])}", folder)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Official frame normalisation: x / (||x||_2 + 1e-5), in float32."""
+    x = x.astype(np.float32, copy=False)
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)
