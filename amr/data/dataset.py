@@ -174,7 +174,7 @@ class MomentDataset(Dataset):
             masked = time_mask_span(n, self.time_mask, u[1:4])
             if masked is not None:
                 aud[masked[0] : masked[0] + masked[1], :-2] = 0.0
-        item: dict[str, Any] = {"qid": q.qid, "query": q.query, "vid": q.vid, "duration": q.duration, "txt": txt,
+        item: dict[str, Any] = {"index": index, "qid": q.qid, "query": q.query, "vid": q.vid, "duration": q.duration, "txt": txt,
                                 "aud": aud, "version": version, "masked": masked}
         if self.with_labels and q.windows is not None:
             item.update(self._labels(q.windows, n, u[4:8], index))
@@ -222,6 +222,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "inputs": {"src_txt": txt, "src_txt_mask": tm, "src_aud": aud, "src_aud_mask": am},
         "meta": [{k: it[k] for k in ("qid", "query", "vid", "duration", "version", "masked")} for it in items],
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "duration": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float64),
     }
     if "spans" in items[0]:
         sal = torch.zeros(b, la)

@@ -1,0 +1,99 @@
+"""LightningDataModule over one dataset root in the official layout."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from amr.data.dataset import MomentDataset, SplitData, TimeMaskConfig, collate
+from amr.data.features import Layout
+from amr.data.synth import generate
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with ``seed + epoch`` and tells the dataset the epoch (caption versions, time mask
+    and window draws change every epoch). Lightning calls ``set_epoch`` before each epoch."""
+
+    def __init__(self, dataset: MomentDataset, seed: int, shuffle: bool = True) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):  # type: ignore[override]
+        if not self.shuffle:
+            return iter(range(len(self.dataset)))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+
+def ensure_dataset(data_cfg: Any) -> Layout:
+    """The dataset's layout; a synthetic dataset is generated first when its root holds none."""
+    layout = Layout(Path(data_cfg.root), data_cfg.name, data_cfg.feat_dir)
+    synth = data_cfg.get("synthetic")
+    if synth is not None and not layout.annotations(data_cfg.splits.test).is_file():
+        generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
+    return layout
+
+
+class MomentDataModule(pl.LightningDataModule):
+    def __init__(self, data_cfg: Any, batch_size: int, eval_batch_size: int, cache_dir: str, seed: int,
+                 num_workers: int = 0, time_mask: TimeMaskConfig | None = None,
+                 caption_tags: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.cfg = data_cfg
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.num_workers = num_workers
+        self.time_mask = time_mask
+        self.caption_tags = list(caption_tags)
+        self.splits: dict[str, MomentDataset] = {}
+
+    def load(self) -> None:
+        """Validate and open every split (annotations, feature files, packs); idempotent."""
+        if self.splits:
+            return
+        layout = ensure_dataset(self.cfg)
+        common = {"max_a_l": self.cfg.max_a_l, "max_windows": self.cfg.max_windows, "clip_len": self.cfg.clip_len}
+        for role, split in (("train", self.cfg.splits.train), ("val", self.cfg.splits.val),
+                            ("test", self.cfg.splits.test)):
+            train = role == "train"
+            data = SplitData.load(layout, split, self.cache_dir, dtype=self.cfg.dtype,
+                                  tags=self.caption_tags if train else (), overlong=self.cfg.overlong)
+            self.splits[role] = MomentDataset(data, train=train, seed=self.seed, time_mask=self.time_mask,
+                                              caption_tags=self.caption_tags if train else (), **common)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _loader(self, role: str, batch_size: int) -> DataLoader:
+        ds = self.splits[role]
+        return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(ds, self.seed, shuffle=role == "train"),
+                          collate_fn=collate, num_workers=self.num_workers, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def ground_truth(self, role: str) -> tuple[list[str], list[list[list[float]]]]:
+        queries = self.splits[role].data.queries
+        return [q.qid for q in queries], [q.windows or [] for q in queries]

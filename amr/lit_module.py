@@ -1,0 +1,104 @@
+"""LightningModule: the official network, criterion, optimiser and evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from amr.metrics.retrieval import BRIEF_KEYS
+from amr.metrics.torchmetric import MomentRetrievalMetric
+from amr.model import QDDETR, QDDETRConfig, build_criterion, postprocess
+
+# logged name of each official brief key
+LOG_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
+
+
+class MomentRetrievalModule(pl.LightningModule):
+    """Trains QD-DETR with the official recipe: AdamW on all parameters, StepLR per epoch; gradient
+    clipping (0.1) is the Trainer's. Validation and test use the official post-processing and
+    metrics; ``predictions[role]`` keeps the last epoch's prediction lines."""
+
+    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = QDDETR(QDDETRConfig(**model))
+        self.criterion = build_criterion(dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True),
+                                         **loss)
+        self.metrics: dict[str, MomentRetrievalMetric] = {}
+        self.predictions: dict[str, list[dict[str, Any]]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return self.model(**inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.model(**batch["inputs"])
+        losses = self.criterion(out, batch["targets"])
+        total = self.criterion.total(losses)
+        bs = len(batch["index"])
+        self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
+        for k in ("loss_span", "loss_giou", "loss_label", "loss_saliency"):
+            self.log(f"train/{k}", losses[k], on_step=False, on_epoch=True, batch_size=bs)
+        return total
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and "train" in dm.splits:
+            dm.splits["train"].set_epoch(self.current_epoch)
+
+    def _metric(self, role: str) -> MomentRetrievalMetric:
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
+        metric = MomentRetrievalMetric(*dm.ground_truth(role)).to(self.device)
+        self.metrics[role] = metric
+        self.predictions[role] = []
+        return metric
+
+    def on_validation_epoch_start(self) -> None:
+        self._metric("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._metric("test")
+
+    def _eval_step(self, role: str, batch: dict[str, Any]) -> None:
+        out = self.model(**batch["inputs"])
+        if "targets" in batch:
+            losses = self.criterion(out, batch["targets"])
+            self.log(f"{role}/loss", self.criterion.total(losses), on_epoch=True, batch_size=len(batch["index"]),
+                     sync_dist=True)
+        ranked = postprocess(out, batch["duration"].tolist())
+        rows = torch.tensor(ranked, dtype=torch.float64, device=self.device)
+        self.metrics[role].update(batch["index"].to(self.device), rows)
+        for meta, r in zip(batch["meta"], ranked, strict=True):
+            self.predictions[role].append({"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"],
+                                           "pred_relevant_windows": r})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_end(self, role: str) -> None:
+        result = self.metrics[role].compute()
+        self.results[role] = result
+        for key, name in LOG_NAMES.items():
+            self.log(f"{role}/{name}", result["brief"][key], prog_bar=name in ("R1@0.7", "mAP"))
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.optim["lr"],
+                                weight_decay=self.hparams.optim["weight_decay"])
+        # Stepped once per epoch; with the official lr_drop 400 > epochs the rate stays constant.
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.optim["lr_drop"],
+                                                gamma=self.hparams.optim.get("lr_gamma", 0.1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["amr"] = {"t2v_mask": self.model.cfg.t2v_mask, "model": self.model.config_dict()}

@@ -1,0 +1,260 @@
+"""``amr-train``: one run = an optional pre-training stage, then the main (fine-tune) stage, then
+test on the best checkpoint.
+
+The pre-training result is cached under ``paths.pretrain_cache`` by a hash of everything that
+affects it, so sweeps that change only fine-tuning settings train it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from amr.config import register, validate
+from amr.data.datamodule import MomentDataModule
+from amr.data.dataset import TimeMaskConfig
+from amr.errors import InputError
+from amr.io import write_json
+from amr.lit_module import LOG_NAMES, MomentRetrievalModule
+from amr.metrics.predictions import write_metrics, write_predictions
+from amr.metrics.retrieval import BRIEF_KEYS
+
+log = logging.getLogger("amr.train")
+register()
+
+# Trainer keys that change how a run is shown or stored, not its result: kept out of cache keys.
+NON_RESULT_TRAINER_KEYS = {"enable_progress_bar", "log_every_n_steps", "enable_model_summary",
+                           "num_sanity_val_steps", "default_root_dir", "max_epochs"}
+
+
+class EpochLine(Callback):
+    """One line per epoch when the progress bar is off (stdout is not a terminal)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        m = trainer.callback_metrics
+        parts = [f"{k}={float(m[k]):.4g}" for k in ("train/loss", "val/R1@0.5", "val/R1@0.7", "val/mAP") if k in m]
+        print(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} " + " ".join(parts), flush=True)
+
+
+class EpochSeed(Callback):
+    """Re-seed torch at every epoch start, so a resumed run draws the same dropout as an
+    uninterrupted one."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        torch.manual_seed(self.seed * 10_007 + trainer.current_epoch)
+
+
+@dataclass
+class StageResult:
+    best_ckpt: Path
+    results: dict[str, dict[str, Any]]
+
+
+def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
+    tm = cfg.augment.time_mask
+    time_mask = TimeMaskConfig(p=tm.p, max_ratio=tm.max_ratio) if stage in tm.stages and tm.p > 0 else None
+    bt = cfg.augment.backtranslation
+    tags = list(bt.pivots) if stage in bt.stages else []
+    return time_mask, tags
+
+
+def _epochs(cfg: DictConfig, stage_cfg: DictConfig) -> int:
+    override = cfg.trainer.get("max_epochs")
+    return int(override) if override is not None else int(stage_cfg.max_epochs)
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """Hash of everything that affects the pre-training result."""
+    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore[union-attr]
+               if k not in NON_RESULT_TRAINER_KEYS}
+    time_mask, tags = _stage_augment(cfg, "pretrain")
+    ident = {
+        "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
+        "stage": {"epochs": _epochs(cfg, cfg.pretrain), "batch_size": cfg.pretrain.batch_size},
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "tags": tags},
+        "seed": cfg.seed,
+        "trainer": trainer,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _loggers(cfg: DictConfig, stage: str, out_dir: Path) -> list:
+    kind = cfg.logger.kind
+    if kind == "none":
+        return []
+    if kind == "csv":
+        return [pl.loggers.CSVLogger(save_dir=str(out_dir), name="logs", version=stage)]
+    if kind == "tensorboard":
+        return [pl.loggers.TensorBoardLogger(save_dir=str(out_dir), name="logs", version=stage)]
+    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
+    overrides = _job_overrides()
+    return [pl.loggers.WandbLogger(
+        project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(out_dir),
+        group=cfg.logger.group or cfg.experiment_name, job_type=stage,
+        name=f"{cfg.experiment_name}[{','.join(overrides)}]/{stage}" if overrides else f"{cfg.experiment_name}/{stage}",
+        tags=[*cfg.tags, *overrides][:64], mode=cfg.logger.mode,
+        config=OmegaConf.to_container(cfg, resolve=True))]
+
+
+def _job_overrides() -> list[str]:
+    try:
+        return [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "paths."))]
+    except ValueError:
+        return []
+
+
+def _finish_wandb(loggers: list) -> None:
+    if any(isinstance(lg, pl.loggers.WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def run_stage(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: DictConfig, stage_dir: Path,
+              init_weights: Path | None = None, resume: Path | None = None, test: bool = True) -> StageResult:
+    """Train one stage in ``stage_dir`` (checkpoints/, predictions/, logs/) and evaluate its best
+    checkpoint on val (and test)."""
+    time_mask, tags = _stage_augment(cfg, stage)
+    dm = MomentDataModule(data_cfg, batch_size=stage_cfg.batch_size, eval_batch_size=stage_cfg.eval_batch_size,
+                          cache_dir=cfg.paths.cache_dir, seed=cfg.seed, num_workers=cfg.num_workers,
+                          time_mask=time_mask, caption_tags=tags)
+    dm.load()  # every input check happens here, before training starts
+    module = MomentRetrievalModule(model=OmegaConf.to_container(cfg.model, resolve=True),  # type: ignore[arg-type]
+                                   loss=OmegaConf.to_container(cfg.loss, resolve=True),  # type: ignore[arg-type]
+                                   optim=OmegaConf.to_container(cfg.optim, resolve=True))  # type: ignore[arg-type]
+    if init_weights is not None and resume is None:
+        state = torch.load(init_weights, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)  # weights only: fresh optimiser, scheduler and epoch (official recipe)
+        log.info("%s: initialised from %s", stage, init_weights)
+    ckpt_dir = stage_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/R1@0.7", mode="max",
+                                 save_top_k=1, save_last=True)  # strict improvement: first epoch at the max
+    interactive = sys.stdout.isatty()
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore
+                      if v is not None and k != "max_epochs"}
+    loggers = _loggers(cfg, stage, stage_dir)
+    trainer = pl.Trainer(max_epochs=_epochs(cfg, stage_cfg), logger=loggers or False, default_root_dir=str(stage_dir),
+                         callbacks=[checkpoint, EpochSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
+                         enable_progress_bar=trainer_kwargs.pop("enable_progress_bar", interactive),
+                         **trainer_kwargs)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
+        if not best.is_file():  # fast_dev_run and friends save nothing
+            best = ckpt_dir / "last.ckpt"
+            trainer.save_checkpoint(best)
+        results: dict[str, dict[str, Any]] = {}
+        roles = ["val", "test"] if test else ["val"]
+        for role in roles:
+            run = trainer.validate if role == "val" else trainer.test
+            run(module, datamodule=dm, ckpt_path=str(best), verbose=False)
+            results[role] = module.results[role]
+            write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
+            write_metrics(stage_dir / "predictions" / f"{role}_metrics.json", module.results[role])
+        for lg in loggers:
+            for role, res in results.items():
+                lg.log_metrics({f"best/{role}/{LOG_NAMES[k]}": v for k, v in res["brief"].items()})
+    finally:
+        _finish_wandb(loggers)
+    return StageResult(best, results)
+
+
+def _pretrain(cfg: DictConfig) -> Path:
+    """Best pre-training checkpoint, from the cache or trained now (then cached atomically)."""
+    key = pretrain_key(cfg)
+    cache = Path(cfg.paths.pretrain_cache)
+    final = cache / key
+    if cfg.reuse_pretrain and (final / "best.ckpt").is_file():
+        log.info("pretrain: reusing cached result %s", final)
+        print(f"[pretrain] reusing cached stage {final}", flush=True)
+        return final / "best.ckpt"
+    work = cache / f"{key}.partial"
+    resume = work / "checkpoints" / "last.ckpt"
+    result = run_stage(cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, test=False,
+                       resume=resume if resume.is_file() else None)
+    shutil.copy2(result.best_ckpt, work / "best.ckpt")
+    write_json(work / "stage.json", {"key": key, "val": result.results["val"]["brief"],
+                                     "config": OmegaConf.to_container(cfg, resolve=True)})
+    if final.exists():  # a parallel job finished the same stage first: keep theirs
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        os.rename(work, final)
+    return final / "best.ckpt"
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    head = "| split | " + " | ".join(LOG_NAMES[k] for k in BRIEF_KEYS) + " |"
+    rows = [head, "|" + "---|" * (len(BRIEF_KEYS) + 1)]
+    for role, res in results.items():
+        rows.append(f"| {role} | " + " | ".join(f"{res['brief'][k]:.2f}" for k in BRIEF_KEYS) + " |")
+    return "\n".join(rows)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stages; returns the final stage's results ({"val": ..., "test": ...})."""
+    validate(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    resume: Path | None = None
+    if cfg.ckpt_path:
+        resume = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        if not resume.is_file():
+            raise InputError("checkpoint to resume from not found", resume)
+    elif (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists():
+        raise InputError("run folder already holds a run; pick another hydra.run.dir, or resume it with "
+                         "ckpt_path=last", out_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    init = _pretrain(cfg) if cfg.pretrain.enabled else None
+    if init is not None:
+        write_json(out_dir / "pretrain.json", {"checkpoint": str(init), "key": pretrain_key(cfg)})
+    stage = "finetune" if cfg.pretrain.enabled else "train"
+    result = run_stage(cfg, stage, cfg.data, cfg.train, out_dir, init_weights=init, resume=resume, test=cfg.test)
+    if cfg.test:
+        write_metrics(out_dir / "test_metrics.json", result.results["test"])
+    print(f"\n{cfg.experiment_name} ({stage}, best checkpoint {result.best_ckpt.name}):\n"
+          f"{results_table(result.results)}\n", flush=True)
+    return result.results
+
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    try:
+        results = train(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    test = results.get("test") or results.get("val")
+    return float(test["brief"]["MR-full-R1@0.7"]) if test else None  # objective for hparams_search
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
