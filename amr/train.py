@@ -53,15 +53,16 @@ class EpochLine(Callback):
         print(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} " + " ".join(parts), flush=True)
 
 
-class EpochSeed(Callback):
-    """Re-seed torch at every epoch start, so a resumed run draws the same dropout as an
-    uninterrupted one."""
+class StepSeed(Callback):
+    """Seed torch from (seed, epoch, batch) before every training step, so a resumed run draws the
+    same dropout as an uninterrupted one whatever else touched the global generator."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        torch.manual_seed(self.seed * 10_007 + trainer.current_epoch)
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
 
 
 @dataclass
@@ -150,14 +151,17 @@ def run_stage(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: Dict
         module.load_state_dict(state)  # weights only: fresh optimiser, scheduler and epoch (official recipe)
         log.info("%s: initialised from %s", stage, init_weights)
     ckpt_dir = stage_dir / "checkpoints"
+    # Best: replaced only on strict improvement, so it is the first epoch reaching the max (official).
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/R1@0.7", mode="max",
-                                 save_top_k=1, save_last=True)  # strict improvement: first epoch at the max
+                                 save_top_k=1, enable_version_counter=False)
+    # Last: every epoch, after the best one (its state is saved inside), for resuming.
+    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False)
     interactive = sys.stdout.isatty()
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore
                       if v is not None and k != "max_epochs"}
     loggers = _loggers(cfg, stage, stage_dir)
     trainer = pl.Trainer(max_epochs=_epochs(cfg, stage_cfg), logger=loggers or False, default_root_dir=str(stage_dir),
-                         callbacks=[checkpoint, EpochSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
+                         callbacks=[checkpoint, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
                          enable_progress_bar=trainer_kwargs.pop("enable_progress_bar", interactive),
                          **trainer_kwargs)
     try:

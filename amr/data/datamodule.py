@@ -83,7 +83,8 @@ class MomentDataModule(pl.LightningDataModule):
     def _loader(self, role: str, batch_size: int) -> DataLoader:
         ds = self.splits[role]
         return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(ds, self.seed, shuffle=role == "train"),
-                          collate_fn=collate, num_workers=self.num_workers, drop_last=False)
+                          collate_fn=collate, num_workers=self.num_workers, drop_last=False,
+                          generator=torch.Generator().manual_seed(self.seed))  # keeps the global RNG untouched
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size)

@@ -1,0 +1,112 @@
+"""``amr``: data, evaluation and checkpoint commands (training is ``amr-train``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from amr.errors import InputError
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from amr.data.annotations import load_annotations, summarize
+    from amr.data.synth import generate
+
+    layout = generate(args.out, preset=args.preset, seed=args.seed, scale=args.scale)
+    for split in ("train", "val", "test"):
+        s = summarize(load_annotations(layout.annotations(split)))
+        print(f"{layout.name} {split}: {s['queries']} queries, {s['recordings']} recordings, {s['windows']} windows, "
+              f"mean duration {s['mean_duration_s']:.0f} s, mean window {s['mean_window_s']:.1f} s")
+    print(f"written under {layout.root}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from amr.metrics.predictions import evaluate_files, write_metrics
+    from amr.metrics.retrieval import BRIEF_KEYS
+
+    metrics = evaluate_files(args.pred, args.gt, allow_partial=args.allow_partial, allow_reversed=args.allow_reversed)
+    width = max(len(k) for k in BRIEF_KEYS)
+    print(f"{'metric':<{width}}  value")
+    for k in BRIEF_KEYS:
+        print(f"{k:<{width}}  {metrics['brief'][k]:6.2f}")
+    if args.out:
+        write_metrics(args.out, metrics)
+        print(f"full metrics written to {args.out}")
+
+
+def _submission(args: argparse.Namespace) -> None:
+    from amr.metrics.predictions import load_predictions, write_submission
+
+    preds = load_predictions(args.pred)
+    write_submission(args.out, preds.values())
+    print(f"{len(preds)} queries written to {args.out}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from amr.config import LossCfg, ModelCfg, OptimCfg
+    from amr.lit_module import MomentRetrievalModule
+    from amr.model import from_official
+
+    model = from_official(args.checkpoint, t2v_mask=args.t2v_mask)
+    from dataclasses import asdict
+
+    module_cfg = asdict(ModelCfg(t2v_mask=args.t2v_mask))
+    module = MomentRetrievalModule(model=module_cfg, loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
+    module.model.load_state_dict(model.state_dict())
+    out = Path(args.out)
+    if out.exists():
+        raise InputError("output exists; refusing to overwrite", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2", "amr": {"t2v_mask": args.t2v_mask, "source": str(args.checkpoint)}},
+               out)
+    print(f"Lightning checkpoint written to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amr", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic dataset in the official layout")
+    s.add_argument("--preset", choices=["clotho_moment", "castella"], required=True)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", type=float, default=1.0, help="multiplies the number of recordings")
+    s.set_defaults(fn=_synth)
+
+    e = sub.add_parser("evaluate", help="official metrics of a prediction file")
+    e.add_argument("pred", type=Path, help="prediction JSONL with [st, ed, score] rows")
+    e.add_argument("gt", type=Path, help="annotation JSONL with relevant_windows")
+    e.add_argument("--out", type=Path, help="write the full metrics JSON here")
+    e.add_argument("--allow-partial", action="store_true", help="score only the queries that were predicted")
+    e.add_argument("--allow-reversed", action="store_true",
+                   help="accept windows that end before they start (scored as the official evaluator does)")
+    e.set_defaults(fn=_evaluate)
+
+    m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
+    m.add_argument("pred", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.set_defaults(fn=_submission)
+
+    c = sub.add_parser("convert-official", help="official baseline .pth -> amr Lightning checkpoint")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("out", type=Path)
+    c.add_argument("--t2v-mask", choices=["official", "per_sample"], default="official")
+    c.set_defaults(fn=_convert)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

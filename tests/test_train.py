@@ -1,0 +1,128 @@
+"""Training entry point: config composition, every experiment, resume, pretrain cache, multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+
+from amr.errors import InputError
+from amr.train import CONF_DIR, pretrain_key, train
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("amr_root")
+
+
+def _cfg(root: Path, run: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=["debug=fast", "logger=none", f"paths.root={root}",
+                                           f"paths.output_dir={root / 'runs' / run}", *overrides])
+
+
+def test_experiment_list_is_complete() -> None:
+    assert {"baseline", "system1", "system2", "castella_only", "official_baseline"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_a_few_steps(root, experiment) -> None:
+    cfg = _cfg(root, f"fdr_{experiment}", f"experiment={experiment}", "+trainer.fast_dev_run=2")
+    results = train(cfg)
+    assert set(results) == {"val", "test"}
+    assert (root / "runs" / f"fdr_{experiment}" / "test_metrics.json").is_file()
+
+
+def test_seed_systems_differ_only_in_augmentation(root) -> None:
+    cfgs = {e: _cfg(root, "same", f"experiment={e}") for e in ("baseline", "system1", "system2")}
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("augment", "experiment_name")}  # noqa: E731
+    assert strip(cfgs["baseline"]) == strip(cfgs["system1"]) == strip(cfgs["system2"])
+    assert list(cfgs["system1"].augment.backtranslation.stages) == ["pretrain", "finetune"]
+    assert list(cfgs["system2"].augment.backtranslation.stages) == ["pretrain"]
+    assert cfgs["system1"].augment.time_mask.p == 0.15 and cfgs["baseline"].augment.time_mask.stages == []
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("augment.time_mask.pp=0.1", ConfigCompositionException),
+        ("trainer_x=1", ConfigCompositionException),
+        ("train.batch_size=big", ConfigCompositionException),
+    ],
+)
+def test_typos_fail_at_composition(root, override, error) -> None:
+    with pytest.raises(error):
+        _cfg(root, "x", override)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("augment.time_mask.p=1.5", "augment.time_mask.p must be in \\[0, 1\\]"),
+        ("augment.backtranslation.pivots=[xx]", "pivots must be one of \\['de', 'fr', 'es'\\]"),
+        ("augment.backtranslation.stages=[finetuning]", "stages must be one of"),
+        ("model.t2v_mask=sometimes", "model.t2v_mask must be one of"),
+    ],
+)
+def test_out_of_range_values_fail_before_training(root, override, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(_cfg(root, "bad", override))
+    assert not (root / "runs" / "bad").exists()
+
+
+def test_existing_run_folder_is_never_overwritten(root) -> None:
+    out = root / "runs" / "taken"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "best.ckpt").write_text("precious")
+    with pytest.raises(InputError, match="already holds a run"):
+        train(_cfg(root, "taken", "experiment=castella_only"))
+    assert (out / "checkpoints" / "best.ckpt").read_text() == "precious"
+
+
+def test_resume_reaches_the_same_result(root) -> None:
+    common = ["experiment=castella_only", "trainer.deterministic=true"]
+    full = train(_cfg(root, "full", *common, "trainer.max_epochs=2"))
+    train(_cfg(root, "resumed", *common, "trainer.max_epochs=1"))
+    resumed = train(_cfg(root, "resumed", *common, "trainer.max_epochs=2", "ckpt_path=last"))
+    assert resumed == full
+    a = torch.load(root / "runs" / "full" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(root / "runs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 1
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
+
+
+def test_pretrain_is_cached_across_finetune_changes(root, capsys) -> None:
+    train(_cfg(root, "cache_a", "experiment=system1", "train.batch_size=4"))
+    capsys.readouterr()
+    train(_cfg(root, "cache_b", "experiment=system1", "train.batch_size=6"))
+    assert "reusing cached stage" in capsys.readouterr().out
+    key_a = json.loads((root / "runs" / "cache_a" / "pretrain.json").read_text())["key"]
+    key_b = json.loads((root / "runs" / "cache_b" / "pretrain.json").read_text())["key"]
+    assert key_a == key_b
+    assert pretrain_key(_cfg(root, "c", "experiment=system2")) == key_a  # same pretrain stage
+    assert pretrain_key(_cfg(root, "c", "experiment=baseline")) != key_a  # no augmentation in pretrain
+    assert pretrain_key(_cfg(root, "c", "experiment=system1", "pretrain.batch_size=4")) != key_a
+
+
+def test_multirun_two_jobs(root) -> None:
+    sweep = root / "sweep"
+    env = dict(os.environ, WANDB_MODE="disabled")
+    cmd = [sys.executable, "-m", "amr.train", "-m", "experiment=castella_only", "debug=fast", "logger=csv",
+           "seed=1,2", f"paths.root={root}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = sorted(sweep.glob("*/test_metrics.json"))
+    assert len(metrics) == 2
+    assert all((m.parent / ".hydra" / "config.yaml").is_file() for m in metrics)
+    assert all((m.parent / "logs" / "train" / "metrics.csv").is_file() for m in metrics)
