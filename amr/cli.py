@@ -16,8 +16,10 @@ def _synth(args: argparse.Namespace) -> None:
     layout = generate(args.out, preset=args.preset, seed=args.seed, scale=args.scale)
     for split in ("train", "val", "test"):
         s = summarize(load_annotations(layout.annotations(split)))
-        print(f"{layout.name} {split}: {s['queries']} queries, {s['recordings']} recordings, {s['windows']} windows, "
-              f"mean duration {s['mean_duration_s']:.0f} s, mean window {s['mean_window_s']:.1f} s")
+        print(
+            f"{layout.name} {split}: {s['queries']} queries, {s['recordings']} recordings, {s['windows']} windows, "
+            f"mean duration {s['mean_duration_s']:.0f} s, mean window {s['mean_window_s']:.1f} s"
+        )
     print(f"written under {layout.root}")
 
 
@@ -60,10 +62,37 @@ def _convert(args: argparse.Namespace) -> None:
     if out.exists():
         raise InputError("output exists; refusing to overwrite", out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": "2", "amr": {"t2v_mask": args.t2v_mask, "source": str(args.checkpoint)}},
-               out)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": "2",
+            "amr": {"t2v_mask": args.t2v_mask, "source": str(args.checkpoint)},
+        },
+        out,
+    )
     print(f"Lightning checkpoint written to {out}")
+
+
+def _backtranslate(args: argparse.Namespace) -> None:
+    from amr.augment.backtranslate import DecodeOptions, backtranslate
+    from amr.data.annotations import load_annotations
+    from amr.io import write_jsonl
+
+    queries = []
+    seen: set[str] = set()
+    for path in args.annotations:
+        for q in load_annotations(path, require_windows=False):
+            if q.qid not in seen:
+                seen.add(q.qid)
+                queries.append({"qid": q.qid, "query": q.query})
+    options = DecodeOptions(num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    rows, report = backtranslate(queries, args.pivots, args.backend, args.model_template, args.cache_dir, options)
+    write_jsonl(args.out, rows)
+    print(
+        f"{report.queries} queries ({report.unique_captions} unique captions), {report.versions} versions written "
+        f"to {args.out}; {report.dropped_identical} dropped as identical to the original"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,14 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("gt", type=Path, help="annotation JSONL with relevant_windows")
     e.add_argument("--out", type=Path, help="write the full metrics JSON here")
     e.add_argument("--allow-partial", action="store_true", help="score only the queries that were predicted")
-    e.add_argument("--allow-reversed", action="store_true",
-                   help="accept windows that end before they start (scored as the official evaluator does)")
+    e.add_argument(
+        "--allow-reversed",
+        action="store_true",
+        help="accept windows that end before they start (scored as the official evaluator does)",
+    )
     e.set_defaults(fn=_evaluate)
 
     m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
     m.add_argument("pred", type=Path)
     m.add_argument("--out", type=Path, required=True)
     m.set_defaults(fn=_submission)
+
+    b = sub.add_parser("backtranslate", help="paraphrase captions through pivot languages (OPUS-MT)")
+    b.add_argument("annotations", nargs="+", type=Path, help="annotation JSONL file(s)")
+    b.add_argument("--pivots", nargs="+", default=["de"])
+    b.add_argument(
+        "--model-template",
+        default="Helsinki-NLP/opus-mt-{src}-{tgt}",
+        help="hub name or local folder with {src} and {tgt}",
+    )
+    b.add_argument("--backend", choices=["transformers", "ctranslate2"], default="ctranslate2")
+    b.add_argument("--out", type=Path, required=True, help="paraphrases JSONL, one line per query")
+    b.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/backtranslate"))
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--num-beams", type=int, default=1)
+    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.set_defaults(fn=_backtranslate)
 
     c = sub.add_parser("convert-official", help="official baseline .pth -> amr Lightning checkpoint")
     c.add_argument("checkpoint", type=Path)

@@ -175,8 +175,10 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"augment.time_mask.p must be in [0, 1], got {tm.p}")
     if not 0.0 <= tm.max_ratio <= 1.0:
         raise ValueError(f"augment.time_mask.max_ratio must be in [0, 1], got {tm.max_ratio}")
-    for key, stages in (("augment.time_mask.stages", tm.stages),
-                        ("augment.backtranslation.stages", cfg.augment.backtranslation.stages)):
+    for key, stages in (
+        ("augment.time_mask.stages", tm.stages),
+        ("augment.backtranslation.stages", cfg.augment.backtranslation.stages),
+    ):
         for s in stages:
             _in(s, STAGES, f"each of {key}")
     for p in cfg.augment.backtranslation.pivots:

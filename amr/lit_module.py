@@ -24,8 +24,9 @@ class MomentRetrievalModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = QDDETR(QDDETRConfig(**model))
-        self.criterion = build_criterion(dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True),
-                                         **loss)
+        self.criterion = build_criterion(
+            dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True), **loss
+        )
         self.metrics: dict[str, MomentRetrievalMetric] = {}
         self.predictions: dict[str, list[dict[str, Any]]] = {}
         self.results: dict[str, dict[str, Any]] = {}
@@ -65,14 +66,20 @@ class MomentRetrievalModule(pl.LightningModule):
         out = self.model(**batch["inputs"])
         if "targets" in batch:
             losses = self.criterion(out, batch["targets"])
-            self.log(f"{role}/loss", self.criterion.total(losses), on_epoch=True, batch_size=len(batch["index"]),
-                     sync_dist=True)
+            self.log(
+                f"{role}/loss",
+                self.criterion.total(losses),
+                on_epoch=True,
+                batch_size=len(batch["index"]),
+                sync_dist=True,
+            )
         ranked = postprocess(out, batch["duration"].tolist())
         rows = torch.tensor(ranked, dtype=torch.float64, device=self.device)
         self.metrics[role].update(batch["index"].to(self.device), rows)
         for meta, r in zip(batch["meta"], ranked, strict=True):
-            self.predictions[role].append({"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"],
-                                           "pred_relevant_windows": r})
+            self.predictions[role].append(
+                {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": r}
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -93,11 +100,13 @@ class MomentRetrievalModule(pl.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.optim["lr"],
-                                weight_decay=self.hparams.optim["weight_decay"])
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams["optim"]["lr"], weight_decay=self.hparams["optim"]["weight_decay"]
+        )
         # Stepped once per epoch; with the official lr_drop 400 > epochs the rate stays constant.
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.optim["lr_drop"],
-                                                gamma=self.hparams.optim.get("lr_gamma", 0.1))
+        sched = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=self.hparams["optim"]["lr_drop"], gamma=self.hparams["optim"].get("lr_gamma", 0.1)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

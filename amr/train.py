@@ -37,8 +37,14 @@ log = logging.getLogger("amr.train")
 register()
 
 # Trainer keys that change how a run is shown or stored, not its result: kept out of cache keys.
-NON_RESULT_TRAINER_KEYS = {"enable_progress_bar", "log_every_n_steps", "enable_model_summary",
-                           "num_sanity_val_steps", "default_root_dir", "max_epochs"}
+NON_RESULT_TRAINER_KEYS = {
+    "enable_progress_bar",
+    "log_every_n_steps",
+    "enable_model_summary",
+    "num_sanity_val_steps",
+    "default_root_dir",
+    "max_epochs",
+}
 
 
 class EpochLine(Callback):
@@ -60,8 +66,7 @@ class StepSeed(Callback):
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
 
 
@@ -79,6 +84,13 @@ def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, 
     return time_mask, tags
 
 
+def plain(node: Any) -> dict[str, Any]:
+    """A resolved config node as a plain dict."""
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
 def _epochs(cfg: DictConfig, stage_cfg: DictConfig) -> int:
     override = cfg.trainer.get("max_epochs")
     return int(override) if override is not None else int(stage_cfg.max_epochs)
@@ -86,8 +98,7 @@ def _epochs(cfg: DictConfig, stage_cfg: DictConfig) -> int:
 
 def pretrain_key(cfg: DictConfig) -> str:
     """Hash of everything that affects the pre-training result."""
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore[union-attr]
-               if k not in NON_RESULT_TRAINER_KEYS}
+    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in NON_RESULT_TRAINER_KEYS}
     time_mask, tags = _stage_augment(cfg, "pretrain")
     ident = {
         "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
@@ -112,12 +123,21 @@ def _loggers(cfg: DictConfig, stage: str, out_dir: Path) -> list:
         return [pl.loggers.TensorBoardLogger(save_dir=str(out_dir), name="logs", version=stage)]
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     overrides = _job_overrides()
-    return [pl.loggers.WandbLogger(
-        project=cfg.logger.project, entity=cfg.logger.entity, save_dir=str(out_dir),
-        group=cfg.logger.group or cfg.experiment_name, job_type=stage,
-        name=f"{cfg.experiment_name}[{','.join(overrides)}]/{stage}" if overrides else f"{cfg.experiment_name}/{stage}",
-        tags=[*cfg.tags, *overrides][:64], mode=cfg.logger.mode,
-        config=OmegaConf.to_container(cfg, resolve=True))]
+    return [
+        pl.loggers.WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            save_dir=str(out_dir),
+            group=cfg.logger.group or cfg.experiment_name,
+            job_type=stage,
+            name=f"{cfg.experiment_name}[{','.join(overrides)}]/{stage}"
+            if overrides
+            else f"{cfg.experiment_name}/{stage}",
+            tags=[*cfg.tags, *overrides][:64],
+            mode=cfg.logger.mode,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+    ]
 
 
 def _job_overrides() -> list[str]:
@@ -134,36 +154,62 @@ def _finish_wandb(loggers: list) -> None:
         wandb.finish()
 
 
-def run_stage(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: DictConfig, stage_dir: Path,
-              init_weights: Path | None = None, resume: Path | None = None, test: bool = True) -> StageResult:
+def run_stage(
+    cfg: DictConfig,
+    stage: str,
+    data_cfg: DictConfig,
+    stage_cfg: DictConfig,
+    stage_dir: Path,
+    init_weights: Path | None = None,
+    resume: Path | None = None,
+    test: bool = True,
+) -> StageResult:
     """Train one stage in ``stage_dir`` (checkpoints/, predictions/, logs/) and evaluate its best
     checkpoint on val (and test)."""
     time_mask, tags = _stage_augment(cfg, stage)
-    dm = MomentDataModule(data_cfg, batch_size=stage_cfg.batch_size, eval_batch_size=stage_cfg.eval_batch_size,
-                          cache_dir=cfg.paths.cache_dir, seed=cfg.seed, num_workers=cfg.num_workers,
-                          time_mask=time_mask, caption_tags=tags)
+    dm = MomentDataModule(
+        data_cfg,
+        batch_size=stage_cfg.batch_size,
+        eval_batch_size=stage_cfg.eval_batch_size,
+        cache_dir=cfg.paths.cache_dir,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        time_mask=time_mask,
+        caption_tags=tags,
+    )
     dm.load()  # every input check happens here, before training starts
-    module = MomentRetrievalModule(model=OmegaConf.to_container(cfg.model, resolve=True),  # type: ignore[arg-type]
-                                   loss=OmegaConf.to_container(cfg.loss, resolve=True),  # type: ignore[arg-type]
-                                   optim=OmegaConf.to_container(cfg.optim, resolve=True))  # type: ignore[arg-type]
+    module = MomentRetrievalModule(
+        model=plain(cfg.model),
+        loss=plain(cfg.loss),
+        optim=plain(cfg.optim),
+    )  # type: ignore[arg-type]
     if init_weights is not None and resume is None:
         state = torch.load(init_weights, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)  # weights only: fresh optimiser, scheduler and epoch (official recipe)
         log.info("%s: initialised from %s", stage, init_weights)
     ckpt_dir = stage_dir / "checkpoints"
     # Best: replaced only on strict improvement, so it is the first epoch reaching the max (official).
-    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best", monitor="val/R1@0.7", mode="max",
-                                 save_top_k=1, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best",
+        monitor="val/R1@0.7",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     # Last: every epoch, after the best one (its state is saved inside), for resuming.
     last = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False)
     interactive = sys.stdout.isatty()
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()  # type: ignore
-                      if v is not None and k != "max_epochs"}
+    trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None and k != "max_epochs"}
     loggers = _loggers(cfg, stage, stage_dir)
-    trainer = pl.Trainer(max_epochs=_epochs(cfg, stage_cfg), logger=loggers or False, default_root_dir=str(stage_dir),
-                         callbacks=[checkpoint, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
-                         enable_progress_bar=trainer_kwargs.pop("enable_progress_bar", interactive),
-                         **trainer_kwargs)
+    trainer = pl.Trainer(
+        max_epochs=_epochs(cfg, stage_cfg),
+        logger=loggers or False,
+        default_root_dir=str(stage_dir),
+        callbacks=[checkpoint, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
+        enable_progress_bar=trainer_kwargs.pop("enable_progress_bar", interactive),
+        **trainer_kwargs,
+    )
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
         best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
@@ -197,11 +243,14 @@ def _pretrain(cfg: DictConfig) -> Path:
         return final / "best.ckpt"
     work = cache / f"{key}.partial"
     resume = work / "checkpoints" / "last.ckpt"
-    result = run_stage(cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, test=False,
-                       resume=resume if resume.is_file() else None)
+    result = run_stage(
+        cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, test=False, resume=resume if resume.is_file() else None
+    )
     shutil.copy2(result.best_ckpt, work / "best.ckpt")
-    write_json(work / "stage.json", {"key": key, "val": result.results["val"]["brief"],
-                                     "config": OmegaConf.to_container(cfg, resolve=True)})
+    write_json(
+        work / "stage.json",
+        {"key": key, "val": result.results["val"]["brief"], "config": OmegaConf.to_container(cfg, resolve=True)},
+    )
     if final.exists():  # a parallel job finished the same stage first: keep theirs
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -227,8 +276,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
     elif (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists():
-        raise InputError("run folder already holds a run; pick another hydra.run.dir, or resume it with "
-                         "ckpt_path=last", out_dir)
+        raise InputError(
+            "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last", out_dir
+        )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     init = _pretrain(cfg) if cfg.pretrain.enabled else None
     if init is not None:
@@ -237,8 +287,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     result = run_stage(cfg, stage, cfg.data, cfg.train, out_dir, init_weights=init, resume=resume, test=cfg.test)
     if cfg.test:
         write_metrics(out_dir / "test_metrics.json", result.results["test"])
-    print(f"\n{cfg.experiment_name} ({stage}, best checkpoint {result.best_ckpt.name}):\n"
-          f"{results_table(result.results)}\n", flush=True)
+    print(
+        f"\n{cfg.experiment_name} ({stage}, best checkpoint {result.best_ckpt.name}):\n"
+        f"{results_table(result.results)}\n",
+        flush=True,
+    )
     return result.results
 
 

@@ -54,10 +54,17 @@ def test_evaluation_file_needs_no_windows(tmp_path) -> None:
         load_annotations(p)
 
 
-@pytest.mark.parametrize(("split", "n", "require"), [("castella_train", 2182, True), ("castella_val", 352, True),
-                                                     ("castella_test", 1347, True), ("clotho_moment_val", 4918, True),
-                                                     ("clotho_moment_test", 6649, True),
-                                                     ("dcase2026_evaluation", 177, False)])
+@pytest.mark.parametrize(
+    ("split", "n", "require"),
+    [
+        ("castella_train", 2182, True),
+        ("castella_val", 352, True),
+        ("castella_test", 1347, True),
+        ("clotho_moment_val", 4918, True),
+        ("clotho_moment_test", 6649, True),
+        ("dcase2026_evaluation", 177, False),
+    ],
+)
 def test_official_annotation_files_load(split, n, require) -> None:
     name = f"{split}.jsonl" if split.startswith("dcase") else f"{split}_release.jsonl"
     queries = load_annotations(need_shared(ANNOTATIONS / name), require_windows=require)

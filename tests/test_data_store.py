@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amr.data.dataset import MomentDataset, SplitData, TimeMaskConfig, collate
-from amr.data.features import Layout, l2_normalize, load_npz_array
+from amr.data.features import l2_normalize, load_npz_array
 from amr.data.packed_store import open_or_build
 from amr.data.synth import generate
 from amr.errors import InputError
@@ -135,7 +135,7 @@ def test_time_mask_frequency_length_and_padding(tiny, tmp_path) -> None:
             st, ln = it["masked"]
             lengths.append(ln)
             n = len(it["aud"])
-            assert 0 <= st and st + ln <= n  # inside the valid frames
+            assert st >= 0 and st + ln <= n  # inside the valid frames
             assert (it["aud"][st : st + ln, :768] == 0).all()
             np.testing.assert_allclose(it["aud"][:, 768], np.arange(n) / n, rtol=1e-6)  # time features untouched
             assert (np.abs(it["aud"][:st, :768]).sum(1) > 0).all()

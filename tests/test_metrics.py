@@ -42,8 +42,10 @@ def _write(tmp_path, name, rows):
     return p
 
 
-GT = [{"qid": "a", "query": "x", "vid": "v", "duration": 60, "relevant_windows": [[1, 5]]},
-      {"qid": "b", "query": "y", "vid": "v", "duration": 60, "relevant_windows": [[10, 20], [30, 40]]}]
+GT = [
+    {"qid": "a", "query": "x", "vid": "v", "duration": 60, "relevant_windows": [[1, 5]]},
+    {"qid": "b", "query": "y", "vid": "v", "duration": 60, "relevant_windows": [[10, 20], [30, 40]]},
+]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ query = st.tuples(st.lists(pred_row, min_size=1, max_size=12), st.lists(window, 
 def test_vectorised_equals_loop(queries) -> None:
     preds = {f"q{i}": p for i, (p, _) in enumerate(queries)}
     gts = {f"q{i}": g for i, (_, g) in enumerate(queries)}
-    if not any(0 < w[1] - w[0] for g in gts.values() for w in g):
+    if not any(w[1] - w[0] > 0 for g in gts.values() for w in g):
         return
     got = evaluate({k: np.array(v) for k, v in preds.items()}, {k: np.array(v) for k, v in gts.items()})
     assert got["full"] == evaluate_loop(preds, gts)
@@ -111,8 +113,13 @@ def test_vectorised_equals_loop(queries) -> None:
 def test_perfect_and_useless_predictions() -> None:
     gts = {"a": np.array([[0.0, 10.0], [20.0, 30.0]])}
     perfect = evaluate({"a": np.array([[0, 10, 0.9], [20, 30, 0.8]])}, gts)
-    assert perfect["brief"] == {"MR-full-R1@0.5": 100.0, "MR-full-R1@0.7": 100.0, "MR-full-mAP": 100.0,
-                                "MR-full-mAP@0.5": 100.0, "MR-full-mAP@0.75": 100.0}
+    assert perfect["brief"] == {
+        "MR-full-R1@0.5": 100.0,
+        "MR-full-R1@0.7": 100.0,
+        "MR-full-mAP": 100.0,
+        "MR-full-mAP@0.5": 100.0,
+        "MR-full-mAP@0.75": 100.0,
+    }
     dup = evaluate({"a": np.array([[0, 10, 0.9], [0, 10, 0.8]])}, gts)  # a duplicate is a false positive
     assert dup["full"]["MR-mAP"]["0.5"] == 50.0
     miss = evaluate({"a": np.array([[40, 50, 0.9]])}, gts)

@@ -61,8 +61,11 @@ def test_criterion_finite_with_zero_length_window_and_backprop() -> None:
     batch = _batch()
     out = model(**batch)
     targets = {
-        "span_labels": [{"spans": torch.tensor([[0.5, 0.0]])}, {"spans": torch.tensor([[0.2, 0.1], [0.6, 0.3]])},
-                        {"spans": torch.tensor([[0.4, 0.2]])}],
+        "span_labels": [
+            {"spans": torch.tensor([[0.5, 0.0]])},
+            {"spans": torch.tensor([[0.2, 0.1], [0.6, 0.3]])},
+            {"spans": torch.tensor([[0.4, 0.2]])},
+        ],
         "saliency_pos_labels": torch.tensor([[1, 1], [2, 3], [0, 1]]),
         "saliency_neg_labels": torch.tensor([[5, 6], [0, 5], [4, 7]]),
         "saliency_all_labels": (torch.rand(3, 12) > 0.5).float(),
@@ -73,8 +76,15 @@ def test_criterion_finite_with_zero_length_window_and_backprop() -> None:
     assert torch.isfinite(total)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    assert set(losses) >= {"loss_span", "loss_giou", "loss_label", "loss_saliency", "loss_span_0", "loss_giou_0",
-                           "loss_label_0"}
+    assert set(losses) >= {
+        "loss_span",
+        "loss_giou",
+        "loss_label",
+        "loss_saliency",
+        "loss_span_0",
+        "loss_giou_0",
+        "loss_label_0",
+    }
 
 
 def test_per_sample_mask_is_batch_invariant_and_official_is_not() -> None:
@@ -87,8 +97,12 @@ def test_per_sample_mask_is_batch_invariant_and_official_is_not() -> None:
             full = model(**batch)
             diffs = []
             for i, (la, lt) in enumerate(zip((12, 7, 9), (5, 3, 6), strict=True)):
-                one = model(batch["src_txt"][i : i + 1, :lt], batch["src_txt_mask"][i : i + 1, :lt],
-                            batch["src_aud"][i : i + 1, :la], batch["src_aud_mask"][i : i + 1, :la])
+                one = model(
+                    batch["src_txt"][i : i + 1, :lt],
+                    batch["src_txt_mask"][i : i + 1, :lt],
+                    batch["src_aud"][i : i + 1, :la],
+                    batch["src_aud_mask"][i : i + 1, :la],
+                )
                 diffs.append((full["pred_spans"][i] - one["pred_spans"][0]).abs().max().item())
                 diffs.append((full["saliency_scores"][i, :la] - one["saliency_scores"][0]).abs().max().item())
         assert (max(diffs) < 1e-5) == invariant, (mode, diffs)

@@ -27,8 +27,16 @@ def root(tmp_path_factory) -> Path:
 
 def _cfg(root: Path, run: str, *overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=["debug=fast", "logger=none", f"paths.root={root}",
-                                           f"paths.output_dir={root / 'runs' / run}", *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "debug=fast",
+                "logger=none",
+                f"paths.root={root}",
+                f"paths.output_dir={root / 'runs' / run}",
+                *overrides,
+            ],
+        )
 
 
 def test_experiment_list_is_complete() -> None:
@@ -118,8 +126,18 @@ def test_pretrain_is_cached_across_finetune_changes(root, capsys) -> None:
 def test_multirun_two_jobs(root) -> None:
     sweep = root / "sweep"
     env = dict(os.environ, WANDB_MODE="disabled")
-    cmd = [sys.executable, "-m", "amr.train", "-m", "experiment=castella_only", "debug=fast", "logger=csv",
-           "seed=1,2", f"paths.root={root}", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "amr.train",
+        "-m",
+        "experiment=castella_only",
+        "debug=fast",
+        "logger=csv",
+        "seed=1,2",
+        f"paths.root={root}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = sorted(sweep.glob("*/test_metrics.json"))

@@ -62,8 +62,14 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def parse_query(obj: dict[str, Any], path: Path | str, line: int, require_windows: bool,
-                overlong: OverlongPolicy, report: AnnotationReport) -> Query:
+def parse_query(
+    obj: dict[str, Any],
+    path: Path | str,
+    line: int,
+    require_windows: bool,
+    overlong: OverlongPolicy,
+    report: AnnotationReport,
+) -> Query:
     for key in ("qid", "query", "vid", "duration"):
         if key not in obj:
             raise InputError(f"missing field '{key}'", path, line)
@@ -112,8 +118,7 @@ def parse_query(obj: dict[str, Any], path: Path | str, line: int, require_window
     return Query(qid=qid, query=text, vid=vid, duration=duration, windows=windows, line=line, extra=extra)
 
 
-def load_annotations(path: str | Path, require_windows: bool = True,
-                     overlong: OverlongPolicy = "keep") -> list[Query]:
+def load_annotations(path: str | Path, require_windows: bool = True, overlong: OverlongPolicy = "keep") -> list[Query]:
     """Parse and validate an official annotation file.
 
     Args:

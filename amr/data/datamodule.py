@@ -49,9 +49,17 @@ def ensure_dataset(data_cfg: Any) -> Layout:
 
 
 class MomentDataModule(pl.LightningDataModule):
-    def __init__(self, data_cfg: Any, batch_size: int, eval_batch_size: int, cache_dir: str, seed: int,
-                 num_workers: int = 0, time_mask: TimeMaskConfig | None = None,
-                 caption_tags: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        data_cfg: Any,
+        batch_size: int,
+        eval_batch_size: int,
+        cache_dir: str,
+        seed: int,
+        num_workers: int = 0,
+        time_mask: TimeMaskConfig | None = None,
+        caption_tags: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.cfg = data_cfg
         self.batch_size = batch_size
@@ -69,22 +77,43 @@ class MomentDataModule(pl.LightningDataModule):
             return
         layout = ensure_dataset(self.cfg)
         common = {"max_a_l": self.cfg.max_a_l, "max_windows": self.cfg.max_windows, "clip_len": self.cfg.clip_len}
-        for role, split in (("train", self.cfg.splits.train), ("val", self.cfg.splits.val),
-                            ("test", self.cfg.splits.test)):
+        for role, split in (
+            ("train", self.cfg.splits.train),
+            ("val", self.cfg.splits.val),
+            ("test", self.cfg.splits.test),
+        ):
             train = role == "train"
-            data = SplitData.load(layout, split, self.cache_dir, dtype=self.cfg.dtype,
-                                  tags=self.caption_tags if train else (), overlong=self.cfg.overlong)
-            self.splits[role] = MomentDataset(data, train=train, seed=self.seed, time_mask=self.time_mask,
-                                              caption_tags=self.caption_tags if train else (), **common)
+            data = SplitData.load(
+                layout,
+                split,
+                self.cache_dir,
+                dtype=self.cfg.dtype,
+                tags=self.caption_tags if train else (),
+                overlong=self.cfg.overlong,
+            )
+            self.splits[role] = MomentDataset(
+                data,
+                train=train,
+                seed=self.seed,
+                time_mask=self.time_mask,
+                caption_tags=self.caption_tags if train else (),
+                **common,
+            )
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
 
     def _loader(self, role: str, batch_size: int) -> DataLoader:
         ds = self.splits[role]
-        return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(ds, self.seed, shuffle=role == "train"),
-                          collate_fn=collate, num_workers=self.num_workers, drop_last=False,
-                          generator=torch.Generator().manual_seed(self.seed))  # keeps the global RNG untouched
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=EpochSampler(ds, self.seed, shuffle=role == "train"),
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed),
+        )  # keeps the global RNG untouched
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size)

@@ -66,11 +66,21 @@ class SplitData:
     audio: PackedArrays
     text: PackedArrays
     tags: list[str] = field(default_factory=list)  # caption-version tags available besides the original
+    # "tag/qid" -> "qid" where the tag's back-translation equalled the original caption (dropped)
+    alias: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, layout: Layout, split: str, cache_dir: str | Path, dtype: str = "float32",
-             tags: Sequence[str] = (), require_windows: bool = True, overlong: OverlongPolicy = "keep",
-             annotations: str | Path | None = None) -> SplitData:
+    def load(
+        cls,
+        layout: Layout,
+        split: str,
+        cache_dir: str | Path,
+        dtype: str = "float32",
+        tags: Sequence[str] = (),
+        require_windows: bool = True,
+        overlong: OverlongPolicy = "keep",
+        annotations: str | Path | None = None,
+    ) -> SplitData:
         """Validate annotations and feature files, then open (or build) the packs.
 
         Raises:
@@ -79,32 +89,50 @@ class SplitData:
         """
         path = Path(annotations) if annotations else layout.annotations(split)
         queries = load_annotations(path, require_windows=require_windows, overlong=overlong)
-        if tags:
-            _check_versions(layout, split, queries, tags)
+        alias = _check_versions(layout, split, queries, tags) if tags else {}
         vids = sorted({q.vid for q in queries})
-        audio = open_or_build(Path(cache_dir), vids, [layout.audio_file(v) for v in vids], AUDIO_KEY, dtype,
-                              normalize=True, kind="audio")
+        audio = open_or_build(
+            Path(cache_dir), vids, [layout.audio_file(v) for v in vids], AUDIO_KEY, dtype, normalize=True, kind="audio"
+        )
         keys = [q.qid for q in queries]
         paths = [layout.text_file(q.qid) for q in queries]
         for tag in tags:
-            keys += [f"{tag}/{q.qid}" for q in queries]
-            paths += [layout.text_file(q.qid, tag) for q in queries]
+            own = [q for q in queries if f"{tag}/{q.qid}" not in alias]
+            keys += [f"{tag}/{q.qid}" for q in own]
+            paths += [layout.text_file(q.qid, tag) for q in own]
         text = open_or_build(Path(cache_dir), keys, paths, TEXT_KEY, dtype, normalize=False, kind="text")
-        return cls(queries, audio, text, list(tags))
+        return cls(queries, audio, text, list(tags), alias)
 
 
-def _check_versions(layout: Layout, split: str, queries: Sequence[Query], tags: Sequence[str]) -> None:
-    """Every query must have a feature file for every configured tag; no silent fallback."""
+def _check_versions(layout: Layout, split: str, queries: Sequence[Query], tags: Sequence[str]) -> dict[str, str]:
+    """Every query needs a feature file for every configured tag, unless the paraphrase file records
+    that tag's back-translation as identical to the original (then the original serves). No silent
+    fallback otherwise. Returns the aliases of the identical ones."""
+    dropped: dict[str, set[str]] = {}
+    vf = layout.versions_file(split)
+    if vf.is_file():
+        for _, row in read_jsonl(vf):
+            for tag in row.get("dropped", []):
+                dropped.setdefault(tag, set()).add(str(row["qid"]))
+    alias = {}
     for tag in tags:
-        missing = [q.qid for q in queries if not layout.text_file(q.qid, tag).is_file()]
+        missing = []
+        for q in queries:
+            if q.qid in dropped.get(tag, ()):
+                alias[f"{tag}/{q.qid}"] = q.qid
+            elif not layout.text_file(q.qid, tag).is_file():
+                missing.append(q.qid)
         if missing:
             hint = ""
-            vf = layout.versions_file(split)
             if vf.is_file():
-                have = sum(1 for _, r in read_jsonl(vf) if tag in r.get("versions", {}))
-                hint = f" ({vf.name} lists {have} texts for '{tag}'; run `amr extract-text` on it)"
-            raise InputError(f"caption version '{tag}' missing for {len(missing)} of {len(queries)} queries "
-                             f"(first: {', '.join(missing[:3])}){hint}", layout.text_dir(tag))
+                have = sum(1 for _, r in read_jsonl(vf) if any(v.get("pivot") == tag for v in r.get("versions", [])))
+                hint = f" ({vf.name} lists {have} texts for '{tag}'; extract their text features)"
+            raise InputError(
+                f"caption version '{tag}' missing for {len(missing)} of {len(queries)} queries "
+                f"(first: {', '.join(missing[:3])}){hint}",
+                layout.text_dir(tag),
+            )
+    return alias
 
 
 class MomentDataset(Dataset):
@@ -122,9 +150,18 @@ class MomentDataset(Dataset):
 
     N_DRAWS = 8  # version, 3 for the time mask, 2 positives, 2 negatives
 
-    def __init__(self, data: SplitData, train: bool, seed: int = 0, max_a_l: int = 300, max_windows: int = 5,
-                 clip_len: float = 1.0, time_mask: TimeMaskConfig | None = None,
-                 caption_tags: Sequence[str] = (), with_labels: bool = True) -> None:
+    def __init__(
+        self,
+        data: SplitData,
+        train: bool,
+        seed: int = 0,
+        max_a_l: int = 300,
+        max_windows: int = 5,
+        clip_len: float = 1.0,
+        time_mask: TimeMaskConfig | None = None,
+        caption_tags: Sequence[str] = (),
+        with_labels: bool = True,
+    ) -> None:
         self.data = data
         self.train = train
         self.seed = seed
@@ -174,8 +211,17 @@ class MomentDataset(Dataset):
             masked = time_mask_span(n, self.time_mask, u[1:4])
             if masked is not None:
                 aud[masked[0] : masked[0] + masked[1], :-2] = 0.0
-        item: dict[str, Any] = {"index": index, "qid": q.qid, "query": q.query, "vid": q.vid, "duration": q.duration, "txt": txt,
-                                "aud": aud, "version": version, "masked": masked}
+        item: dict[str, Any] = {
+            "index": index,
+            "qid": q.qid,
+            "query": q.query,
+            "vid": q.vid,
+            "duration": q.duration,
+            "txt": txt,
+            "aud": aud,
+            "version": version,
+            "masked": masked,
+        }
         if self.with_labels and q.windows is not None:
             item.update(self._labels(q.windows, n, u[4:8], index))
         return item

@@ -10,7 +10,8 @@ Caption versions (back-translations or synthetic paraphrases) keep the text layo
 down, one folder per version tag (e.g. a pivot language)::
 
     features/<feat_dir>/clap_text_versions/<tag>/qid{qid}.npz
-    data/<name>_<split>_versions.jsonl               {"qid": ..., "versions": {"<tag>": "text"}}
+    data/<name>_<split>_paraphrases.jsonl            {"qid", "query", "versions": [{"pivot", "text"}],
+                                                      "dropped": [pivots whose text equalled the original]}
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Layout:
         return self.root / "data" / f"{self.name}_{split}_release.jsonl"
 
     def versions_file(self, split: str) -> Path:
-        return self.root / "data" / f"{self.name}_{split}_versions.jsonl"
+        return self.root / "data" / f"{self.name}_{split}_paraphrases.jsonl"
 
     @property
     def audio_dir(self) -> Path:

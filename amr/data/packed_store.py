@@ -75,8 +75,15 @@ def pack_key(keys: Sequence[str], paths: Sequence[Path], npz_key: str, dtype: st
     return h.hexdigest()[:20]
 
 
-def open_or_build(cache_dir: str | Path, keys: Sequence[str], paths: Sequence[Path], npz_key: str,
-                  dtype: str = "float32", normalize: bool = False, kind: str = "feature") -> PackedArrays:
+def open_or_build(
+    cache_dir: str | Path,
+    keys: Sequence[str],
+    paths: Sequence[Path],
+    npz_key: str,
+    dtype: str = "float32",
+    normalize: bool = False,
+    kind: str = "feature",
+) -> PackedArrays:
     """Open the pack for these sources, building it first if no complete pack exists.
 
     Args:
@@ -108,8 +115,15 @@ def open_or_build(cache_dir: str | Path, keys: Sequence[str], paths: Sequence[Pa
                 offsets.append(offsets[-1] + len(arr))
             f.flush()
             os.fsync(f.fileno())
-        meta = {"format": PACK_FORMAT, "dim": 768, "dtype": dtype, "keys": list(keys), "offsets": offsets,
-                "normalized": normalize, "npz_key": npz_key}
+        meta = {
+            "format": PACK_FORMAT,
+            "dim": 768,
+            "dtype": dtype,
+            "keys": list(keys),
+            "offsets": offsets,
+            "normalized": normalize,
+            "npz_key": npz_key,
+        }
         (tmp / "index.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, folder)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,23 +31,55 @@ from amr.data.features import AUDIO_KEY, TEXT_KEY, Layout
 from amr.io import atomic_open, write_jsonl
 
 SOURCES = {
-    "dog": ["dog", "puppy", "hound"], "man": ["man", "guy", "gentleman"], "woman": ["woman", "lady", "female"],
-    "car": ["car", "vehicle", "automobile"], "bird": ["bird", "songbird", "sparrow"],
-    "crowd": ["crowd", "audience", "group"], "engine": ["engine", "motor", "machine"],
-    "water": ["water", "stream", "liquid"], "door": ["door", "gate", "hatch"], "bell": ["bell", "chime", "gong"],
-    "train": ["train", "locomotive", "railcar"], "baby": ["baby", "infant", "toddler"],
+    "dog": ["dog", "puppy", "hound"],
+    "man": ["man", "guy", "gentleman"],
+    "woman": ["woman", "lady", "female"],
+    "car": ["car", "vehicle", "automobile"],
+    "bird": ["bird", "songbird", "sparrow"],
+    "crowd": ["crowd", "audience", "group"],
+    "engine": ["engine", "motor", "machine"],
+    "water": ["water", "stream", "liquid"],
+    "door": ["door", "gate", "hatch"],
+    "bell": ["bell", "chime", "gong"],
+    "train": ["train", "locomotive", "railcar"],
+    "baby": ["baby", "infant", "toddler"],
 }
 ACTIONS = {
-    "barks": ["barks", "yaps", "woofs"], "speaks": ["speaks", "talks", "chats"], "laughs": ["laughs", "giggles",
-    "chuckles"], "passes": ["passes", "drives by", "goes by"], "sings": ["sings", "chirps", "tweets"],
-    "cheers": ["cheers", "applauds", "claps"], "runs": ["runs", "idles", "hums"], "flows": ["flows", "trickles",
-    "splashes"], "slams": ["slams", "bangs", "shuts"], "rings": ["rings", "tolls", "dings"],
-    "cries": ["cries", "wails", "sobs"], "rumbles": ["rumbles", "roars", "thunders"],
+    "barks": ["barks", "yaps", "woofs"],
+    "speaks": ["speaks", "talks", "chats"],
+    "laughs": ["laughs", "giggles", "chuckles"],
+    "passes": ["passes", "drives by", "goes by"],
+    "sings": ["sings", "chirps", "tweets"],
+    "cheers": ["cheers", "applauds", "claps"],
+    "runs": ["runs", "idles", "hums"],
+    "flows": ["flows", "trickles", "splashes"],
+    "slams": ["slams", "bangs", "shuts"],
+    "rings": ["rings", "tolls", "dings"],
+    "cries": ["cries", "wails", "sobs"],
+    "rumbles": ["rumbles", "roars", "thunders"],
 }
-CONCEPTS = [("dog", "barks"), ("man", "speaks"), ("woman", "speaks"), ("woman", "laughs"), ("man", "laughs"),
-            ("car", "passes"), ("bird", "sings"), ("woman", "sings"), ("crowd", "cheers"), ("engine", "runs"),
-            ("water", "flows"), ("door", "slams"), ("bell", "rings"), ("train", "passes"), ("baby", "cries"),
-            ("train", "rumbles"), ("engine", "rumbles"), ("baby", "laughs"), ("crowd", "speaks"), ("dog", "cries")]
+CONCEPTS = [
+    ("dog", "barks"),
+    ("man", "speaks"),
+    ("woman", "speaks"),
+    ("woman", "laughs"),
+    ("man", "laughs"),
+    ("car", "passes"),
+    ("bird", "sings"),
+    ("woman", "sings"),
+    ("crowd", "cheers"),
+    ("engine", "runs"),
+    ("water", "flows"),
+    ("door", "slams"),
+    ("bell", "rings"),
+    ("train", "passes"),
+    ("baby", "cries"),
+    ("train", "rumbles"),
+    ("engine", "rumbles"),
+    ("baby", "laughs"),
+    ("crowd", "speaks"),
+    ("dog", "cries"),
+]
 MODIFIERS = ["loudly", "softly", "nearby", "in the distance", "repeatedly", "briefly", "outside", "indoors"]
 TEMPLATES = ["a {s} {a} {m}", "the {s} {a} {m}", "{m} a {s} {a}", "a {s} {a}", "someone hears a {s} that {a} {m}"]
 BACKGROUNDS = 6
@@ -69,10 +102,21 @@ class Preset:
 
 
 PRESETS = {
-    "clotho_moment": Preset("clotho_moment", "clotho-moment", {"train": 1000, "val": 150, "test": 150}, 60, 60,
-                            True, (1, 2), (1, 1), (0, 2), True),
-    "castella": Preset("castella", "castella", {"train": 120, "val": 30, "test": 40}, 60, 300, False, (1, 5),
-                       (1, 3), (1, 4), False),
+    "clotho_moment": Preset(
+        "clotho_moment",
+        "clotho-moment",
+        {"train": 1000, "val": 150, "test": 150},
+        60,
+        60,
+        True,
+        (1, 2),
+        (1, 1),
+        (0, 2),
+        True,
+    ),
+    "castella": Preset(
+        "castella", "castella", {"train": 120, "val": 30, "test": 40}, 60, 300, False, (1, 5), (1, 3), (1, 4), False
+    ),
 }
 
 
@@ -106,8 +150,11 @@ class _World:
         s, a = concept
         tpl = TEMPLATES[(version + int(rng.integers(len(TEMPLATES)))) % len(TEMPLATES)]
         si, ai = (0, 0) if version == 0 else (version % 3, (version + 1) % 3)  # paraphrases swap synonyms
-        return tpl.format(s=SOURCES[s][si], a=ACTIONS[a][ai],
-                          m=MODIFIERS[int(rng.integers(len(MODIFIERS)))]).strip().capitalize()
+        return (
+            tpl.format(s=SOURCES[s][si], a=ACTIONS[a][ai], m=MODIFIERS[int(rng.integers(len(MODIFIERS)))])
+            .strip()
+            .capitalize()
+        )
 
     def text_features(self, caption: str, rng: np.random.Generator) -> np.ndarray:
         words = caption.lower().split() + ["<eos>"]
@@ -117,8 +164,9 @@ class _World:
         return (feats + 0.05 * rng.standard_normal(feats.shape)).astype(np.float32)
 
 
-def _place(rng: np.random.Generator, duration: int, n: int, min_len: float, max_len: float,
-           decimals: int = 1) -> list[list[float]]:
+def _place(
+    rng: np.random.Generator, duration: int, n: int, min_len: float, max_len: float, decimals: int = 1
+) -> list[list[float]]:
     """Up to n non-overlapping windows inside [0, duration], rounded to ``decimals``."""
     out: list[list[float]] = []
     for _ in range(n * 8):
@@ -162,7 +210,8 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
     qcount = 0
     for split_i, (split, n_rec) in enumerate(p.recordings.items()):
         rng = np.random.default_rng([seed, split_i, 7])
-        rows, versions = [], []
+        rows: list[dict[str, Any]] = []
+        versions: list[dict[str, Any]] = []
         for r in range(n_rec):
             duration = int(rng.integers(p.min_s, p.max_s + 1))
             frames = duration + 1 if p.centered else duration
@@ -174,10 +223,11 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
             concepts = rng.choice(len(CONCEPTS), size=n_events, replace=False)
             n_win = [int(rng.integers(p.windows_per_query[0], p.windows_per_query[1] + 1)) for _ in concepts]
             max_len = 25.0 if p.centered else min(40.0, duration / 4)
-            spots = _place(rng, duration, sum(n_win), 1.0 if not p.centered else 4.0, max_len,
-                           decimals=1 if p.centered else 0)
+            spots = _place(
+                rng, duration, sum(n_win), 1.0 if not p.centered else 4.0, max_len, decimals=1 if p.centered else 0
+            )
             n_distract = int(rng.integers(p.distractors[0], p.distractors[1] + 1))
-            for k in range(n_distract):  # unannotated events of concepts not queried here
+            for _ in range(n_distract):  # unannotated events of concepts not queried here
                 c = int(rng.integers(len(CONCEPTS)))
                 if c in concepts:
                     continue
@@ -200,12 +250,12 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
                     row["fg_dB"] = level
                 rows.append(row)
                 _save(layout.text_file(qid), TEXT_KEY, world.text_features(caption, rng))
-                vers = {}
+                vers = []
                 for v, tag in enumerate(TAGS, start=1):
                     text = world.caption(CONCEPTS[c], rng, v)
-                    vers[tag] = text
+                    vers.append({"pivot": tag, "text": text})
                     _save(layout.text_file(qid, tag), TEXT_KEY, world.text_features(text, rng))
-                versions.append({"qid": qid, "versions": vers})
+                versions.append({"qid": qid, "query": caption, "versions": vers, "dropped": []})
             _save(layout.audio_file(vid), AUDIO_KEY, audio.astype(np.float32))
         write_jsonl(layout.versions_file(split), versions)
         write_jsonl(layout.annotations(split), rows)
@@ -216,4 +266,4 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
 
 def _save(path: Path, key: str, arr: np.ndarray) -> None:
     with atomic_open(path, "wb") as f:
-        np.savez(f, **{key: arr.astype(np.float16)})
+        np.savez(f, **{key: arr.astype(np.float16)})  # type: ignore[arg-type]

@@ -23,8 +23,9 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
-def load_predictions(path: str | Path, gt_qids: set[str] | None = None,
-                     allow_reversed: bool = False) -> dict[str, dict[str, Any]]:
+def load_predictions(
+    path: str | Path, gt_qids: set[str] | None = None, allow_reversed: bool = False
+) -> dict[str, dict[str, Any]]:
     """Read an internal prediction file, validating every line.
 
     ``allow_reversed`` accepts windows that end before they start and scores them as the official
@@ -65,8 +66,9 @@ def load_predictions(path: str | Path, gt_qids: set[str] | None = None,
     return out
 
 
-def evaluate_files(pred_path: str | Path, gt_path: str | Path, allow_partial: bool = False,
-                   allow_reversed: bool = False) -> dict[str, Any]:
+def evaluate_files(
+    pred_path: str | Path, gt_path: str | Path, allow_partial: bool = False, allow_reversed: bool = False
+) -> dict[str, Any]:
     """Score a prediction file against an annotation file with the official metrics.
 
     Qid sets must match unless ``allow_partial``; then only shared qids are scored (as the official
@@ -77,8 +79,11 @@ def evaluate_files(pred_path: str | Path, gt_path: str | Path, allow_partial: bo
     preds = load_predictions(pred_path, gt_qids=set(gt_windows), allow_reversed=allow_reversed)
     if not allow_partial and len(preds) != len(gt_windows):
         missing = [q for q in gt_windows if q not in preds]
-        raise InputError(f"{len(missing)} GT queries have no prediction (first: {', '.join(missing[:5])}); "
-                         "pass --allow-partial to score only the predicted ones", pred_path)
+        raise InputError(
+            f"{len(missing)} GT queries have no prediction (first: {', '.join(missing[:5])}); "
+            "pass --allow-partial to score only the predicted ones",
+            pred_path,
+        )
     pred_rows = {qid: p["pred_relevant_windows"] for qid, p in preds.items()}
     return evaluate(pred_rows, {q: gt_windows[q] for q in pred_rows})
 
@@ -89,8 +94,14 @@ def submission_rows(predictions: Iterable[dict[str, Any]]) -> list[dict[str, Any
     for p in predictions:
         rows = np.asarray(p["pred_relevant_windows"], dtype=float).reshape(-1, 3)
         rows = rows[np.argsort(-rows[:, 2], kind="stable")][:MAX_PREDICTIONS]
-        out.append({"qid": p["qid"], "query": p.get("query", ""), "vid": p.get("vid", ""),
-                    "pred_relevant_windows": [[float(st), float(ed)] for st, ed, _ in rows]})
+        out.append(
+            {
+                "qid": p["qid"],
+                "query": p.get("query", ""),
+                "vid": p.get("vid", ""),
+                "pred_relevant_windows": [[float(st), float(ed)] for st, ed, _ in rows],
+            }
+        )
     return out
 
 

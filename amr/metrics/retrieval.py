@@ -173,8 +173,10 @@ def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, n
     if set(predictions) != set(ground_truth):
         missing = sorted(set(ground_truth) - set(predictions))
         extra = sorted(set(predictions) - set(ground_truth))
-        raise ValueError(f"qid sets differ: {len(missing)} without prediction {missing[:5]}, "
-                         f"{len(extra)} not in ground truth {extra[:5]}")
+        raise ValueError(
+            f"qid sets differ: {len(missing)} without prediction {missing[:5]}, "
+            f"{len(extra)} not in ground truth {extra[:5]}"
+        )
     qids, preds, gts = [], [], []
     for qid, rows in predictions.items():
         g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2))

@@ -21,6 +21,8 @@ class MomentRetrievalMetric(Metric):
     """
 
     full_state_update = False
+    index: list[torch.Tensor]
+    rows: list[torch.Tensor]
 
     def __init__(self, qids: Sequence[str], gt_windows: Sequence[Sequence[Sequence[float]]], **kwargs: Any) -> None:
         super().__init__(**kwargs)

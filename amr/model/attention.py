@@ -32,8 +32,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, nhead: int, blocked: Tensor | None, 
         (B, Lq, H*Dv).
     """
     mask = None if blocked is None else ~blocked
-    out = F.scaled_dot_product_attention(_heads(q, nhead), _heads(k, nhead), _heads(v, nhead),
-                                         attn_mask=mask, dropout_p=dropout)
+    out = F.scaled_dot_product_attention(
+        _heads(q, nhead), _heads(k, nhead), _heads(v, nhead), attn_mask=mask, dropout_p=dropout
+    )
     b, _, lq, _ = out.shape
     return out.transpose(1, 2).reshape(b, lq, -1)
 

@@ -16,8 +16,16 @@ FOREGROUND, BACKGROUND = 0, 1
 class SetCriterion(nn.Module):
     """Returns a dict of loss terms; ``weight_dict`` gives each term's weight in the total."""
 
-    def __init__(self, matcher: HungarianMatcher, weight_dict: dict[str, float], eos_coef: float = 0.1,
-                 saliency_margin: float = 0.2, tau: float = 0.5) -> None:
+    empty_weight: Tensor
+
+    def __init__(
+        self,
+        matcher: HungarianMatcher,
+        weight_dict: dict[str, float],
+        eos_coef: float = 0.1,
+        saliency_margin: float = 0.2,
+        tau: float = 0.5,
+    ) -> None:
         super().__init__()
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)

@@ -68,8 +68,9 @@ class DecoderLayer(_FFN):
         h = self.nhead
         return torch.cat([content.view(b, n, h, d // h), position.view(b, n, h, d // h)], -1).view(b, n, 2 * d)
 
-    def forward(self, tgt: Tensor, memory: Tensor, mem_pos: Tensor, mem_blocked: Tensor,
-                query_pos: Tensor, query_sine: Tensor) -> Tensor:
+    def forward(
+        self, tgt: Tensor, memory: Tensor, mem_pos: Tensor, mem_blocked: Tensor, query_pos: Tensor, query_sine: Tensor
+    ) -> Tensor:
         """tgt, query_pos, query_sine: (B, Nq, d); memory, mem_pos: (B, La, d);
         mem_blocked: (B, 1, 1, La) bool -> (B, Nq, d)."""
         q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_pos)
@@ -99,18 +100,18 @@ class Decoder(nn.Module):
 
     def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float, num_layers: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(dim, nhead, ffn_dim, dropout, first=i == 0)
-                                    for i in range(num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(dim, nhead, ffn_dim, dropout, first=i == 0) for i in range(num_layers))
         self.norm = nn.LayerNorm(dim)
         self.query_scale = MLP(dim, dim, dim, 2)
         self.ref_point_head = MLP(dim, dim, dim, 2)
         self.bbox_embed = MLP(dim, dim, 2, 3)
         self.ref_anchor_head = MLP(dim, dim, 1, 2)
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # overwritten by the transformer's xavier init
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+        last = self.bbox_embed.layers[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)  # overwritten by the transformer's xavier init (spec quirk 5)
+        nn.init.zeros_(last.bias)
 
-    def forward(self, memory: Tensor, mem_pos: Tensor, mem_blocked: Tensor,
-                anchors: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, memory: Tensor, mem_pos: Tensor, mem_blocked: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
         """memory, mem_pos: (B, La, d); mem_blocked: (B, 1, 1, La); anchors: (B, Nq, 2) sigmoid space.
 
         Returns:

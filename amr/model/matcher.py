@@ -42,15 +42,17 @@ class HungarianMatcher(nn.Module):
             return [(empty, empty) for _ in range(b)]
         prob = outputs["pred_logits"].flatten(0, 1).softmax(-1)[:, :1]  # (B*Nq, 1) foreground
         spans = outputs["pred_spans"].flatten(0, 1)
-        cost = (self.cost_span * torch.cdist(spans, tgt_spans, p=1)
-                - self.cost_giou * generalized_temporal_iou(cxw_to_xx(spans), cxw_to_xx(tgt_spans))
-                - self.cost_class * prob)
+        cost = (
+            self.cost_span * torch.cdist(spans, tgt_spans, p=1)
+            - self.cost_giou * generalized_temporal_iou(cxw_to_xx(spans), cxw_to_xx(tgt_spans))
+            - self.cost_class * prob
+        )
         cost_np = cost.view(b, nq, -1).float().cpu().numpy()
         out = []
         start = 0
         for i, t in enumerate(tgt):
             n = len(t)
-            rows, cols = linear_sum_assignment(cost_np[i, :, start:start + n]) if n else (np.zeros(0), np.zeros(0))
+            rows, cols = linear_sum_assignment(cost_np[i, :, start : start + n]) if n else (np.zeros(0), np.zeros(0))
             out.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
             start += n
         return out

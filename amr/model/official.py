@@ -14,8 +14,14 @@ from amr.model.matcher import HungarianMatcher
 from amr.model.qd_detr import QDDETR, QDDETRConfig
 
 
-def official_weight_dict(span: float = 10.0, giou: float = 1.0, label: float = 4.0, saliency: float = 1.0,
-                         dec_layers: int = 2, aux_loss: bool = True) -> dict[str, float]:
+def official_weight_dict(
+    span: float = 10.0,
+    giou: float = 1.0,
+    label: float = 4.0,
+    saliency: float = 1.0,
+    dec_layers: int = 2,
+    aux_loss: bool = True,
+) -> dict[str, float]:
     weights = {"loss_span": span, "loss_giou": giou, "loss_label": label, "loss_saliency": saliency}
     if aux_loss:
         for i in range(dec_layers - 1):
@@ -23,10 +29,19 @@ def official_weight_dict(span: float = 10.0, giou: float = 1.0, label: float = 4
     return weights
 
 
-def build_criterion(set_cost_class: float = 4.0, set_cost_span: float = 10.0, set_cost_giou: float = 1.0,
-                    span_loss_coef: float = 10.0, giou_loss_coef: float = 1.0, label_loss_coef: float = 4.0,
-                    lw_saliency: float = 1.0, eos_coef: float = 0.1, saliency_margin: float = 0.2,
-                    dec_layers: int = 2, aux_loss: bool = True) -> SetCriterion:
+def build_criterion(
+    set_cost_class: float = 4.0,
+    set_cost_span: float = 10.0,
+    set_cost_giou: float = 1.0,
+    span_loss_coef: float = 10.0,
+    giou_loss_coef: float = 1.0,
+    label_loss_coef: float = 4.0,
+    lw_saliency: float = 1.0,
+    eos_coef: float = 0.1,
+    saliency_margin: float = 0.2,
+    dec_layers: int = 2,
+    aux_loss: bool = True,
+) -> SetCriterion:
     """The official criterion with the official defaults (``config.yml``)."""
     matcher = HungarianMatcher(cost_class=set_cost_class, cost_span=set_cost_span, cost_giou=set_cost_giou)
     weights = official_weight_dict(span_loss_coef, giou_loss_coef, label_loss_coef, lw_saliency, dec_layers, aux_loss)
@@ -48,8 +63,7 @@ def _state_dict(checkpoint: str | Path | dict[str, Any]) -> dict[str, torch.Tens
     return obj
 
 
-def from_official(checkpoint: str | Path | dict[str, Any], t2v_mask: T2VMask = "official",
-                  **config: Any) -> QDDETR:
+def from_official(checkpoint: str | Path | dict[str, Any], t2v_mask: T2VMask = "official", **config: Any) -> QDDETR:
     """Build the baseline network and load official weights (strict: every key must match).
 
     Args:
@@ -64,6 +78,7 @@ def from_official(checkpoint: str | Path | dict[str, Any], t2v_mask: T2VMask = "
     model = QDDETR(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise InputError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+        raise InputError(
+            f"checkpoint does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     return model.eval()

@@ -15,8 +15,9 @@ def _r4(x: float) -> float:
     return float(f"{x:.4f}")
 
 
-def postprocess(outputs: dict, durations: Sequence[float] | Tensor, max_ts: float = 300.0,
-                clip_length: float = 1.0) -> list[list[list[float]]]:
+def postprocess(
+    outputs: dict, durations: Sequence[float] | Tensor, max_ts: float = 300.0, clip_length: float = 1.0
+) -> list[list[list[float]]]:
     """Official ranking and rounding, value for value.
 
     For each sample: spans are de-normalised by the JSONL ``duration`` (spec quirk 7: training
@@ -40,6 +41,10 @@ def postprocess(outputs: dict, durations: Sequence[float] | Tensor, max_ts: floa
         rows = [[_r4(float(xx[j, 0])), _r4(float(xx[j, 1])), _r4(float(score[j]))] for j in order]
         t = torch.tensor(rows, dtype=torch.float32)
         win = torch.round(t[:, :2].clamp(min=0, max=max_ts) / clip_length) * clip_length
-        result.append([[float(st), float(ed), _r4(float(sc))] for (st, ed), sc in zip(win.tolist(), t[:, 2].tolist(),
-                                                                                     strict=True)])
+        result.append(
+            [
+                [float(st), float(ed), _r4(float(sc))]
+                for (st, ed), sc in zip(win.tolist(), t[:, 2].tolist(), strict=True)
+            ]
+        )
     return result

@@ -70,8 +70,12 @@ class InputProjection(nn.Module):
 
 def _projection(in_dim: int, cfg: QDDETRConfig) -> nn.Sequential:
     dims = [in_dim] + [cfg.hidden_dim] * cfg.n_input_proj
-    return nn.Sequential(*[InputProjection(dims[i], dims[i + 1], cfg.input_dropout, relu=i < cfg.n_input_proj - 1)
-                           for i in range(cfg.n_input_proj)])
+    return nn.Sequential(
+        *[
+            InputProjection(dims[i], dims[i + 1], cfg.input_dropout, relu=i < cfg.n_input_proj - 1)
+            for i in range(cfg.n_input_proj)
+        ]
+    )
 
 
 class Transformer(nn.Module):
@@ -89,8 +93,16 @@ class Transformer(nn.Module):
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)
 
-    def encode(self, aud: Tensor, aud_pos: Tensor, aud_pad: Tensor, txt: Tensor, t2v_blocked: Tensor,
-               glob: Tensor, glob_pos: Tensor) -> Tensor:
+    def encode(
+        self,
+        aud: Tensor,
+        aud_pos: Tensor,
+        aud_pad: Tensor,
+        txt: Tensor,
+        t2v_blocked: Tensor,
+        glob: Tensor,
+        glob_pos: Tensor,
+    ) -> Tensor:
         """aud, aud_pos: (B, La, d); aud_pad: (B, La) bool; txt: (B, Lt, d); t2v_blocked: see
         :func:`t2v_blocked`; glob, glob_pos: (d,). Returns memory (B, 1 + La, d), global token first."""
         for layer in self.t2v_encoder.layers:
@@ -148,11 +160,18 @@ class QDDETR(nn.Module):
         # Negative pass: each sample paired with the next sample's text (the last with the first).
         txt_neg, txt_pad_neg = txt.roll(-1, 0), txt_pad.roll(-1, 0)
         nhead, mode = self.transformer.nhead, self.cfg.t2v_mask
-        blocked = torch.cat([t2v_blocked(aud_pad, txt_pad, nhead, mode),
-                             t2v_blocked(aud_pad, txt_pad_neg, nhead, mode)])
+        blocked = torch.cat(
+            [t2v_blocked(aud_pad, txt_pad, nhead, mode), t2v_blocked(aud_pad, txt_pad_neg, nhead, mode)]
+        )
         memory = self.transformer.encode(
-            torch.cat([aud, aud]), torch.cat([aud_pos, aud_pos]), torch.cat([aud_pad, aud_pad]),
-            torch.cat([txt, txt_neg]), blocked, self.global_rep_token, self.global_rep_pos)
+            torch.cat([aud, aud]),
+            torch.cat([aud_pos, aud_pos]),
+            torch.cat([aud_pad, aud_pad]),
+            torch.cat([txt, txt_neg]),
+            blocked,
+            self.global_rep_token,
+            self.global_rep_pos,
+        )
         mem_global, mem = memory[:, 0], memory[:, 1:]
         saliency = (self.saliency_proj1(mem) * self.saliency_proj2(mem_global)[:, None]).sum(-1)
         saliency = saliency / math.sqrt(self.cfg.hidden_dim)
@@ -169,8 +188,9 @@ class QDDETR(nn.Module):
             "audio_mask": src_aud_mask,
         }
         if self.cfg.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": lg, "pred_spans": sp}
-                                  for lg, sp in zip(logits[:-1], spans[:-1], strict=True)]
+            out["aux_outputs"] = [
+                {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
+            ]
         return out
 
     def config_dict(self) -> dict:
