@@ -120,3 +120,18 @@ def test_dropout_differs_between_positive_and_negative_pass() -> None:
     with torch.no_grad():
         out = model(**b)
     torch.testing.assert_close(out["saliency_scores"], out["saliency_scores_neg"])
+
+
+def test_fast_dropout_has_the_law_of_nn_dropout() -> None:
+    from amr.model.dropout import Dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    drop = Dropout(0.1).train()
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.003
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows exactly through the kept units
+    assert torch.equal(drop.eval()(x), x)

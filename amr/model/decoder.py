@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amr.model.attention import PreProjectedAttention
+from amr.model.dropout import Dropout
 from amr.model.encoder import _FFN
 from amr.model.position import span_sine_embedding
 from amr.model.span_ops import inverse_sigmoid
@@ -48,7 +49,7 @@ class DecoderLayer(_FFN):
         self.sa_v_proj = nn.Linear(dim, dim)
         self.self_attn = PreProjectedAttention(dim, nhead, dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
 
         self.ca_qcontent_proj = nn.Linear(dim, dim)
         self.ca_qpos_proj = nn.Linear(dim, dim) if first else None
@@ -59,8 +60,8 @@ class DecoderLayer(_FFN):
         self.cross_attn = PreProjectedAttention(dim, nhead, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
 
     def _interleave(self, content: Tensor, position: Tensor) -> Tensor:
         """(B, L, d), (B, L, d) -> (B, L, 2d) with each head's content and position side by side."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from amr.model.attention import SelfProjectedAttention
+from amr.model.dropout import Dropout
 
 T2VMask = Literal["official", "per_sample"]
 
@@ -42,7 +43,7 @@ class _FFN(nn.Module):
     def __init__(self, dim: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.linear1 = nn.Linear(dim, ffn_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.activation = nn.PReLU()  # learnable, one scalar per layer (init 0.25)
 
@@ -62,8 +63,8 @@ class TextToAudioLayer(_FFN):
         self.self_attn = SelfProjectedAttention(dim, nhead, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, aud: Tensor, aud_pos: Tensor, txt: Tensor, blocked: Tensor) -> Tensor:
         """aud: (B, La, d), aud_pos: (B, La, d), txt: (B, Lt, d), blocked: (B, H|1, La|1, Lt) -> (B, La, d)."""
@@ -79,8 +80,8 @@ class SelfAttentionLayer(_FFN):
         self.self_attn = SelfProjectedAttention(dim, nhead, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, x: Tensor, pos: Tensor, blocked: Tensor) -> Tensor:
         """x, pos: (B, L, d), blocked: (B, 1, 1, L) key padding -> (B, L, d)."""

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from amr.model.dropout import Dropout
+
 
 def _interleaved_sine(x: Tensor, num_feats: int, temperature: float) -> Tensor:
     """(...,) positions -> (..., num_feats) as [sin(x/d0), cos(x/d1), sin(x/d2), ...], d_i = T^(2*(i//2)/n)."""
@@ -48,7 +50,7 @@ class TrainableTextPosition(nn.Module):
         super().__init__()
         self.position_embeddings = nn.Embedding(max_len, hidden)
         self.LayerNorm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, hidden) -> (B, L, hidden)."""

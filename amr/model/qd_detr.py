@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amr.model.decoder import MLP, Decoder
+from amr.model.dropout import Dropout
 from amr.model.encoder import LayerStack, SelfAttentionLayer, T2VMask, TextToAudioLayer, t2v_blocked
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.span_ops import inverse_sigmoid
@@ -60,7 +61,7 @@ class InputProjection(nn.Module):
         super().__init__()
         self.relu = relu
         self.LayerNorm = nn.LayerNorm(in_dim)
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, out_dim))
+        self.net = nn.Sequential(Dropout(dropout), nn.Linear(in_dim, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, in_dim) -> (B, L, out_dim)."""

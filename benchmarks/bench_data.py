@@ -1,0 +1,88 @@
+"""Data loading: items/s from the packed store vs the official per-item npz loader, and DataLoader
+batches/s against the training step rate."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from amr.data.dataset import MomentDataset, SplitData, collate
+from amr.data.synth import generate
+from benchmarks.common import peak_rss_mb, table, update_report
+
+
+class PerItemNpz:
+    """What the official dataset does per item: np.load two npz files, L2-normalise, time
+    features, span and saliency labels with Python's random."""
+
+    def __init__(self, data: SplitData, layout) -> None:
+        self.q = data.queries
+        self.layout = layout
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+    def __getitem__(self, i: int) -> dict:
+        q = self.q[i]
+        txt = np.load(self.layout.text_file(q.qid))["last_hidden_state"].astype(np.float32)
+        aud = np.load(self.layout.audio_file(q.vid))["features"][:300].astype(np.float32)
+        aud = aud / (np.linalg.norm(aud, axis=-1, keepdims=True) + 1e-5)
+        n = len(aud)
+        tef = np.arange(n) / n
+        aud = np.concatenate([aud, tef[:, None], tef[:, None] + 1 / n], 1)
+        w = list(q.windows or [[0, 1]])
+        if len(w) > 5:
+            random.shuffle(w)
+        spans = np.asarray(w[:5]) / n
+        st, ed = w[0]
+        gs, ge = int(st), max(0, min(int(ed), n) - 1)
+        gs = min(gs, ge)
+        pos = random.sample(range(gs, ge + 1), 2) if gs != ge else [gs, gs]
+        pool = list(range(0, gs)) + list(range(ge + 1, n))
+        neg = random.sample(pool, 2) if len(pool) >= 2 else pos
+        sal = np.zeros(n)
+        sal[gs : ge + 1] = 1
+        return {"txt": txt, "aud": aud, "spans": spans, "pos": pos, "neg": neg, "sal": sal}
+
+
+def items_per_second(ds, n_pass: int = 2) -> float:
+    for i in range(len(ds)):  # warm the page cache, as a second epoch would find it
+        ds[i]
+    t = time.perf_counter()
+    for _ in range(n_pass):
+        for i in range(len(ds)):
+            ds[i]
+    return n_pass * len(ds) / (time.perf_counter() - t)
+
+
+def main() -> dict:
+    res = {}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset, scale in (("clotho_moment", 0.4), ("castella", 0.5)):
+            layout = generate(Path(tmp) / "data", preset, seed=0, scale=scale)
+            data = SplitData.load(layout, "train", Path(tmp) / "cache")
+            packed = MomentDataset(data, train=True)
+            npz = PerItemNpz(data, layout)
+            frames = int(np.mean([len(packed[i]["aud"]) for i in range(len(packed))]))
+            pk, nz = items_per_second(packed), items_per_second(npz)
+            loader = DataLoader(packed, batch_size=32, shuffle=True, collate_fn=collate)
+            t = time.perf_counter()
+            n_batches = sum(1 for _ in loader)
+            bps = n_batches / (time.perf_counter() - t)
+            res[preset] = {"mean_frames": frames, "packed_items_per_s": pk, "npz_items_per_s": nz,
+                           "speedup": pk / nz, "loader_batches_per_s_b32": bps}
+            rows.append([preset, frames, f"{pk:.0f}", f"{nz:.0f}", f"{pk / nz:.1f}x", f"{bps:.1f}"])
+    res["peak_rss_mb"] = peak_rss_mb()
+    print(table(rows, ["items", "frames", "packed items/s", "per-item npz items/s", "speed-up", "batches/s (b32)"]))
+    update_report("data", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Evaluation speed: the vectorised official metrics vs a plain per-query loop, 10,000 queries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from amr.metrics.retrieval import evaluate
+from benchmarks.common import median_time, peak_rss_mb, table, update_report
+from benchmarks.reference_eval import evaluate_loop
+
+
+def make_queries(n: int, seed: int = 0) -> tuple[dict, dict]:
+    rng = np.random.default_rng(seed)
+    preds, gts = {}, {}
+    for i in range(n):
+        dur = int(rng.integers(60, 300))
+        g = []
+        for _ in range(int(rng.integers(1, 6))):
+            st = float(rng.integers(0, dur - 5))
+            g.append([st, float(min(dur, st + rng.integers(1, 40)))])
+        rows = []
+        for _ in range(10):
+            st = float(rng.integers(0, dur - 5))
+            rows.append([st, float(min(dur, st + rng.integers(0, 40))), float(rng.random().round(4))])
+        preds[f"q{i}"] = rows
+        gts[f"q{i}"] = g
+    return preds, gts
+
+
+def main() -> dict:
+    n = 10_000
+    preds, gts = make_queries(n)
+    p_arr = {k: np.asarray(v) for k, v in preds.items()}
+    g_arr = {k: np.asarray(v) for k, v in gts.items()}
+    assert evaluate(p_arr, g_arr)["full"] == evaluate_loop(preds, gts)
+    t_vec = median_time(lambda: evaluate(p_arr, g_arr), repeat=3)
+    t_loop = median_time(lambda: evaluate_loop(preds, gts), repeat=1, warmup=0)
+    res = {"queries": n, "vectorised_qps": n / t_vec, "loop_qps": n / t_loop, "speedup": t_loop / t_vec,
+           "peak_rss_mb": peak_rss_mb()}
+    print(table([[n, f"{res['vectorised_qps']:.0f}", f"{res['loop_qps']:.0f}", f"{res['speedup']:.1f}x"]],
+                ["queries", "vectorised q/s", "per-query loop q/s", "speed-up"]))
+    update_report("eval", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Training step speed: forward (positive + rolled-text negative pass), criterion with Hungarian
+matching, backward, grad-clip 0.1 and AdamW, median of 8 steps after 2 warm-ups, at batch 32."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from amr.model import QDDETR, build_criterion
+from benchmarks.common import median_time, peak_rss_mb, table, update_report
+
+SHAPES = {"clotho_moment": (61, 61), "castella": (120, 300)}  # (min, max) audio frames per sample
+
+
+def make_batch(b: int, frames: tuple[int, int], device: str, seed: int = 0) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    la = torch.randint(frames[0], frames[1] + 1, (b,), generator=g)
+    lt = torch.randint(8, 23, (b,), generator=g)
+    aud = torch.zeros(b, int(la.max()), 770)
+    txt = torch.zeros(b, int(lt.max()), 768)
+    am = torch.zeros(b, int(la.max()))
+    tm = torch.zeros(b, int(lt.max()))
+    spans, pos, neg, sal = [], [], [], torch.zeros(b, int(la.max()))
+    for i in range(b):
+        n = int(la[i])
+        x = torch.randn(n, 768, generator=g)
+        aud[i, :n, :768] = x / x.norm(dim=-1, keepdim=True)
+        aud[i, :n, 768] = torch.arange(n) / n
+        aud[i, :n, 769] = torch.arange(n) / n + 1 / n
+        txt[i, : lt[i]] = torch.randn(int(lt[i]), 768, generator=g)
+        am[i, :n] = 1
+        tm[i, : lt[i]] = 1
+        k = int(torch.randint(1, 4, (1,), generator=g))
+        st = torch.rand(k, generator=g) * 0.7
+        w = torch.rand(k, generator=g) * 0.2 + 0.02
+        spans.append({"spans": torch.stack([st + w / 2, w], 1)})
+        s0, s1 = int(st[0] * n), max(int(st[0] * n) + 1, int((st[0] + w[0]) * n) - 1)
+        sal[i, s0 : s1 + 1] = 1
+        pos.append([s0, s1])
+        neg.append([(s1 + 2) % n, (s1 + 3) % n])
+    inputs = {"src_txt": txt, "src_txt_mask": tm, "src_aud": aud, "src_aud_mask": am}
+    targets = {"span_labels": spans, "saliency_pos_labels": torch.tensor(pos), "saliency_neg_labels": torch.tensor(neg),
+               "saliency_all_labels": sal}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    targets = {k: (v.to(device) if torch.is_tensor(v) else [{"spans": s["spans"].to(device)} for s in v])
+               for k, v in targets.items()}
+    return inputs, targets
+
+
+def matmul_peak_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def run() -> None:
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / median_time(run, repeat=10, warmup=2) / 1e9
+
+
+def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
+    torch.manual_seed(0)
+    model = QDDETR().to(device).train()
+    criterion = build_criterion().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    inputs, targets = make_batch(batch, SHAPES[shape], device)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=dtype)
+
+    def step() -> None:
+        with autocast():
+            out = model(**inputs)
+            loss = criterion.total(criterion(out, targets))
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    with FlopCounterMode(display=False) as fc:
+        with autocast():
+            out = model(**inputs)
+            loss = criterion.total(criterion(out, targets))
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops = fc.get_total_flops()
+    t = median_time(step, repeat=steps, warmup=2)
+    return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
+
+
+def main() -> dict:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    res: dict = {}
+    rows = []
+    peak = {}
+    for device in devices:
+        peak[device] = matmul_peak_gflops(device, torch.float32 if device == "cpu" else torch.bfloat16)
+        precisions = ["32-true"] if device == "cpu" else ["32-true", "bf16-mixed", "16-mixed"]
+        for precision in precisions:
+            for shape in SHAPES:
+                key = f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
+                r = bench_step(device, precision, shape)
+                r["share_of_matmul_peak"] = r["gflops_per_s"] / peak[device]
+                res[key] = r
+                rows.append([key, f"{r['median_s']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}",
+                             f"{100 * r['share_of_matmul_peak']:.0f}%"])
+    res["peak_rss_mb"] = peak_rss_mb()
+    print(f"matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
+    print(table(rows, ["step", "median s", "GFLOP", "GFLOP/s", "of peak"]))
+    update_report("train_step", res)
+    update_report("machine_peak", {"matmul_peak_gflops": peak})
+    return res
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
