@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,translate,audio]"
 	touch $(STAMP)
 
+# The main job: the seed report's System 1 on the synthetic default (Clotho-Moment-like pre-training,
+# CASTELLA-like fine-tuning), sized for ~10 minutes on 2 CPU cores.
+RUN_ARGS ?= experiment=system1 synthetic_scale=0.5 pretrain.max_epochs=8 train.max_epochs=8
+
 run: $(STAMP)
-	$(VENV)/bin/amr-train $(ARGS)
+	$(VENV)/bin/amr-train $(RUN_ARGS) $(ARGS)
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(PY) -m pytest -m "not slow" -q $(ARGS)

@@ -95,6 +95,59 @@ def _backtranslate(args: argparse.Namespace) -> None:
     )
 
 
+def _report(args: argparse.Namespace) -> None:
+    from amr.report import report
+
+    by = [k for k in args.by.split(",") if k] if args.by else None
+    print(report(args.runs, args.out, by))
+    if args.out:
+        print(f"\nwritten to {args.out}: table.md, table.csv, table.json, bars.png, val_curves.png, timelines/")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from amr.report import compare
+
+    print(compare(args.run_a, args.run_b))
+
+
+def _submit(args: argparse.Namespace) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from amr.data.dataset import MomentDataset, SplitData, collate
+    from amr.data.features import Layout
+    from amr.lit_module import MomentRetrievalModule
+    from amr.metrics.predictions import write_predictions, write_submission
+    from amr.model import postprocess
+
+    if args.out.exists():
+        raise InputError("output exists; refusing to overwrite", args.out)
+    ckpt_path = Path(args.ckpt)
+    if not ckpt_path.is_file():
+        raise InputError("checkpoint not found", ckpt_path)
+    layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
+    annotations = (
+        Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
+    )
+    data = SplitData.load(layout, "evaluation", args.cache_dir, require_windows=False, annotations=annotations)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module = MomentRetrievalModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    model = module.model.eval()
+    loader = DataLoader(MomentDataset(data, train=False, with_labels=False), batch_size=100, collate_fn=collate)
+    lines = []
+    with torch.inference_mode():
+        for batch in loader:
+            ranked = postprocess(model(**batch["inputs"]), batch["duration"].tolist())
+            for meta, rows in zip(batch["meta"], ranked, strict=True):
+                lines.append(
+                    {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": rows}
+                )
+    write_predictions(args.out.with_suffix(".scores.jsonl"), lines)
+    write_submission(args.out, lines)
+    print(f"{len(lines)} queries: submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-beams", type=int, default=1)
     b.add_argument("--max-new-tokens", type=int, default=64)
     b.set_defaults(fn=_backtranslate)
+
+    r = sub.add_parser("report", help="multi-seed results table with bootstrap CIs, charts and curves")
+    r.add_argument("runs", nargs="+", type=Path, help="run or multirun folders")
+    r.add_argument("--by", default="", help="group by these override keys (default: all overrides but seed)")
+    r.add_argument("--out", type=Path, help="write table.md/csv/json and PNG charts here")
+    r.set_defaults(fn=_report)
+
+    k = sub.add_parser("compare", help="paired bootstrap over test queries: run B minus run A")
+    k.add_argument("run_a", type=Path)
+    k.add_argument("run_b", type=Path)
+    k.set_defaults(fn=_compare)
+
+    u = sub.add_parser("submit", help="DCASE evaluation-set submission from a checkpoint and the distributed features")
+    u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (best.ckpt, or a converted official one)")
+    u.add_argument("--data-root", required=True, type=Path, help="holds features/dcase2026_evaluation/{clap,clap_text}")
+    u.add_argument("--out", required=True, type=Path)
+    u.add_argument("--feat-dir", default="dcase2026_evaluation")
+    u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")
+    u.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/packs"))
+    u.set_defaults(fn=_submit)
 
     c = sub.add_parser("convert-official", help="official baseline .pth -> amr Lightning checkpoint")
     c.add_argument("checkpoint", type=Path)

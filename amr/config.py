@@ -153,6 +153,7 @@ class TrainConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
+    init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
     test: bool = True
     reuse_pretrain: bool = True
     tags: list[str] = field(default_factory=list)

@@ -89,6 +89,14 @@ class MomentRetrievalModule(pl.LightningModule):
 
     def _eval_end(self, role: str) -> None:
         result = self.metrics[role].compute()
+        if self.trainer.world_size > 1:  # every rank saw part of the queries: gather the lines
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, self.predictions[role])
+            seen: dict[str, dict[str, Any]] = {}
+            for lines in gathered:
+                for line in lines:
+                    seen.setdefault(line["qid"], line)
+            self.predictions[role] = list(seen.values())
         self.results[role] = result
         for key, name in LOG_NAMES.items():
             self.log(f"{role}/{name}", result["brief"][key], prog_bar=name in ("R1@0.7", "mAP"))

@@ -27,11 +27,13 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from amr.config import register, validate
 from amr.data.datamodule import MomentDataModule
 from amr.data.dataset import TimeMaskConfig
+from amr.data.features import Layout
 from amr.errors import InputError
 from amr.io import write_json
 from amr.lit_module import LOG_NAMES, MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS
+from amr.report import write_timelines
 
 log = logging.getLogger("amr.train")
 register()
@@ -74,6 +76,13 @@ class StepSeed(Callback):
 class StageResult:
     best_ckpt: Path
     results: dict[str, dict[str, Any]]
+
+
+def is_rank_zero() -> bool:
+    """Only global rank 0 writes files (DDP starts the same command once per process)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
@@ -182,8 +191,9 @@ def run_stage(
         model=plain(cfg.model),
         loss=plain(cfg.loss),
         optim=plain(cfg.optim),
-    )  # type: ignore[arg-type]
-    if init_weights is not None and resume is None:
+    )
+    if init_weights is not None and resume is None and (is_rank_zero() or init_weights.is_file()):
+        # (other DDP ranks receive rank 0's weights when DDP wraps the model)
         state = torch.load(init_weights, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)  # weights only: fresh optimiser, scheduler and epoch (official recipe)
         log.info("%s: initialised from %s", stage, init_weights)
@@ -222,8 +232,16 @@ def run_stage(
             run = trainer.validate if role == "val" else trainer.test
             run(module, datamodule=dm, ckpt_path=str(best), verbose=False)
             results[role] = module.results[role]
-            write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
-            write_metrics(stage_dir / "predictions" / f"{role}_metrics.json", module.results[role])
+            if is_rank_zero():
+                write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
+                write_metrics(stage_dir / "predictions" / f"{role}_metrics.json", module.results[role])
+        if test and is_rank_zero():
+            write_timelines(
+                stage_dir / "predictions" / "test_timeline.png",
+                module.predictions["test"],
+                dm.splits["test"].data.queries,
+                loggers,
+            )
         for lg in loggers:
             for role, res in results.items():
                 lg.log_metrics({f"best/{role}/{LOG_NAMES[k]}": v for k, v in res["brief"].items()})
@@ -232,12 +250,15 @@ def run_stage(
     return StageResult(best, results)
 
 
-def _pretrain(cfg: DictConfig) -> Path:
-    """Best pre-training checkpoint, from the cache or trained now (then cached atomically)."""
+def _pretrain(cfg: DictConfig, out_dir: Path) -> Path:
+    """Best pre-training checkpoint, from the cache or trained now (then cached atomically).
+    With ``reuse_pretrain=false`` the stage is trained inside the run folder and not cached."""
+    if not cfg.reuse_pretrain:
+        return run_stage(cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, out_dir / "pretrain", test=False).best_ckpt
     key = pretrain_key(cfg)
     cache = Path(cfg.paths.pretrain_cache)
     final = cache / key
-    if cfg.reuse_pretrain and (final / "best.ckpt").is_file():
+    if (final / "best.ckpt").is_file():
         log.info("pretrain: reusing cached result %s", final)
         print(f"[pretrain] reusing cached stage {final}", flush=True)
         return final / "best.ckpt"
@@ -246,6 +267,8 @@ def _pretrain(cfg: DictConfig) -> Path:
     result = run_stage(
         cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, test=False, resume=resume if resume.is_file() else None
     )
+    if not is_rank_zero():
+        return result.best_ckpt
     shutil.copy2(result.best_ckpt, work / "best.ckpt")
     write_json(
         work / "stage.json",
@@ -275,16 +298,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resume = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
-    elif (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists():
+    elif is_rank_zero() and ((out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()):
         raise InputError(
             "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last", out_dir
         )
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    init = _pretrain(cfg) if cfg.pretrain.enabled else None
-    if init is not None:
+    init: Path | None = None
+    if cfg.init_from:
+        init = Path(cfg.init_from)
+        if not init.is_file():
+            raise InputError("checkpoint to initialise from not found", init)
+    else:
+        init = _pretrain(cfg, out_dir) if cfg.pretrain.enabled else None
+    if init is not None and not cfg.init_from and is_rank_zero():
         write_json(out_dir / "pretrain.json", {"checkpoint": str(init), "key": pretrain_key(cfg)})
-    stage = "finetune" if cfg.pretrain.enabled else "train"
+    stage = "finetune" if init is not None else "train"
     result = run_stage(cfg, stage, cfg.data, cfg.train, out_dir, init_weights=init, resume=resume, test=cfg.test)
+    if not is_rank_zero():
+        return result.results
+    layout = Layout(Path(cfg.data.root), cfg.data.name, cfg.data.feat_dir)
+    write_json(
+        out_dir / "run.json",
+        {
+            "experiment": cfg.experiment_name,
+            "overrides": _job_overrides(),
+            "seed": cfg.seed,
+            "stage": stage,
+            "annotations": {
+                "val": str(layout.annotations(cfg.data.splits.val)),
+                "test": str(layout.annotations(cfg.data.splits.test)),
+            },
+        },
+    )
     if cfg.test:
         write_metrics(out_dir / "test_metrics.json", result.results["test"])
     print(

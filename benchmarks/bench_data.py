@@ -75,8 +75,13 @@ def main() -> dict:
             t = time.perf_counter()
             n_batches = sum(1 for _ in loader)
             bps = n_batches / (time.perf_counter() - t)
-            res[preset] = {"mean_frames": frames, "packed_items_per_s": pk, "npz_items_per_s": nz,
-                           "speedup": pk / nz, "loader_batches_per_s_b32": bps}
+            res[preset] = {
+                "mean_frames": frames,
+                "packed_items_per_s": pk,
+                "npz_items_per_s": nz,
+                "speedup": pk / nz,
+                "loader_batches_per_s_b32": bps,
+            }
             rows.append([preset, frames, f"{pk:.0f}", f"{nz:.0f}", f"{pk / nz:.1f}x", f"{bps:.1f}"])
     res["peak_rss_mb"] = peak_rss_mb()
     print(table(rows, ["items", "frames", "packed items/s", "per-item npz items/s", "speed-up", "batches/s (b32)"]))

@@ -21,7 +21,7 @@ def make_queries(n: int, seed: int = 0) -> tuple[dict, dict]:
         rows = []
         for _ in range(10):
             st = float(rng.integers(0, dur - 5))
-            rows.append([st, float(min(dur, st + rng.integers(0, 40))), float(rng.random().round(4))])
+            rows.append([st, float(min(dur, st + rng.integers(0, 40))), round(float(rng.random()), 4)])
         preds[f"q{i}"] = rows
         gts[f"q{i}"] = g
     return preds, gts
@@ -35,10 +35,19 @@ def main() -> dict:
     assert evaluate(p_arr, g_arr)["full"] == evaluate_loop(preds, gts)
     t_vec = median_time(lambda: evaluate(p_arr, g_arr), repeat=3)
     t_loop = median_time(lambda: evaluate_loop(preds, gts), repeat=1, warmup=0)
-    res = {"queries": n, "vectorised_qps": n / t_vec, "loop_qps": n / t_loop, "speedup": t_loop / t_vec,
-           "peak_rss_mb": peak_rss_mb()}
-    print(table([[n, f"{res['vectorised_qps']:.0f}", f"{res['loop_qps']:.0f}", f"{res['speedup']:.1f}x"]],
-                ["queries", "vectorised q/s", "per-query loop q/s", "speed-up"]))
+    res = {
+        "queries": n,
+        "vectorised_qps": n / t_vec,
+        "loop_qps": n / t_loop,
+        "speedup": t_loop / t_vec,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    print(
+        table(
+            [[n, f"{res['vectorised_qps']:.0f}", f"{res['loop_qps']:.0f}", f"{res['speedup']:.1f}x"]],
+            ["queries", "vectorised q/s", "per-query loop q/s", "speed-up"],
+        )
+    )
     update_report("eval", res)
     return res
 

@@ -42,11 +42,17 @@ def make_batch(b: int, frames: tuple[int, int], device: str, seed: int = 0) -> t
         pos.append([s0, s1])
         neg.append([(s1 + 2) % n, (s1 + 3) % n])
     inputs = {"src_txt": txt, "src_txt_mask": tm, "src_aud": aud, "src_aud_mask": am}
-    targets = {"span_labels": spans, "saliency_pos_labels": torch.tensor(pos), "saliency_neg_labels": torch.tensor(neg),
-               "saliency_all_labels": sal}
+    targets = {
+        "span_labels": spans,
+        "saliency_pos_labels": torch.tensor(pos),
+        "saliency_neg_labels": torch.tensor(neg),
+        "saliency_all_labels": sal,
+    }
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    targets = {k: (v.to(device) if torch.is_tensor(v) else [{"spans": s["spans"].to(device)} for s in v])
-               for k, v in targets.items()}
+    targets = {
+        k: (v.to(device) if torch.is_tensor(v) else [{"spans": s["spans"].to(device)} for s in v])
+        for k, v in targets.items()
+    }
     return inputs, targets
 
 
@@ -120,10 +126,17 @@ def main() -> dict:
                 r = bench_step(device, precision, shape)
                 r["share_of_matmul_peak"] = r["gflops_per_s"] / peak[device]
                 res[key] = r
-                rows.append([key, f"{r['median_s']:.3f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}",
-                             f"{100 * r['share_of_matmul_peak']:.0f}%"])
+                rows.append(
+                    [
+                        key,
+                        f"{r['median_s']:.3f}",
+                        f"{r['flops'] / 1e9:.1f}",
+                        f"{r['gflops_per_s']:.1f}",
+                        f"{100 * r['share_of_matmul_peak']:.0f}%",
+                    ]
+                )
     res["peak_rss_mb"] = peak_rss_mb()
-    print(f"matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
+    print("matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
     print(table(rows, ["step", "median s", "GFLOP", "GFLOP/s", "of peak"]))
     update_report("train_step", res)
     update_report("machine_peak", {"matmul_peak_gflops": peak})

@@ -48,16 +48,28 @@ def _annotations(path: Path, n: int) -> Path:
 def test_both_backends_write_one_line_per_query(models, tmp_path, backend) -> None:
     pytest.importorskip("ctranslate2") if backend == "ctranslate2" else None
     queries = [{"qid": f"q{i}", "query": c} for i, c in enumerate(_captions(20))]
-    rows, report = backtranslate(queries, ["de"], backend, str(models / "opus-mt-{src}-{tgt}"), tmp_path / "cache",
-                                 DecodeOptions(max_new_tokens=12, batch_size=8))
+    rows, report = backtranslate(
+        queries,
+        ["de"],
+        backend,
+        str(models / "opus-mt-{src}-{tgt}"),
+        tmp_path / "cache",
+        DecodeOptions(max_new_tokens=12, batch_size=8),
+    )
     assert [r["qid"] for r in rows] == [q["qid"] for q in queries]
     assert report.versions + report.dropped_identical == 20
     assert all(v["pivot"] == "de" and v["text"] for r in rows for v in r["versions"])
     # a second run translates nothing: everything comes from the cache
     cache = TranslationCache(tmp_path / "cache" / f"{backend}-cache.jsonl")
     n_cached = len(cache.entries)
-    rows2, _ = backtranslate(queries, ["de"], backend, str(models / "opus-mt-{src}-{tgt}"), tmp_path / "cache",
-                             DecodeOptions(max_new_tokens=12, batch_size=8))
+    rows2, _ = backtranslate(
+        queries,
+        ["de"],
+        backend,
+        str(models / "opus-mt-{src}-{tgt}"),
+        tmp_path / "cache",
+        DecodeOptions(max_new_tokens=12, batch_size=8),
+    )
     assert rows2 == rows
     assert len(TranslationCache(tmp_path / "cache" / f"{backend}-cache.jsonl").entries) == n_cached
 
@@ -92,9 +104,27 @@ def test_killed_run_resumes_without_loss_or_duplicates(models, tmp_path) -> None
     ann = _annotations(tmp_path / "ann.jsonl", 200)
     out = tmp_path / "paraphrases.jsonl"
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "amr.cli", "backtranslate", str(ann), "--pivots", "de", "--model-template",
-           str(models / "opus-mt-{src}-{tgt}"), "--backend", "transformers", "--out", str(out), "--cache-dir",
-           str(cache), "--batch-size", "8", "--max-new-tokens", "24"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "amr.cli",
+        "backtranslate",
+        str(ann),
+        "--pivots",
+        "de",
+        "--model-template",
+        str(models / "opus-mt-{src}-{tgt}"),
+        "--backend",
+        "transformers",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "24",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache_file = cache / "transformers-cache.jsonl"

@@ -86,3 +86,22 @@ def test_from_official_accepts_a_pth_file_and_rejects_a_wrong_one(fixture, tmp_p
     bad.pop("class_embed.bias")
     with pytest.raises(ValueError, match="missing \\['class_embed.bias'\\]"):
         from_official(bad)
+
+
+def test_converted_official_checkpoint_gives_the_same_outputs(fixture, tmp_path) -> None:
+    from amr.cli import main
+    from amr.lit_module import MomentRetrievalModule
+
+    src = tmp_path / "best_checkpoint.pth"
+    torch.save({"model": fixture["state_dict"]}, src)
+    out = tmp_path / "official.ckpt"
+    main(["convert-official", str(src), str(out)])
+    ckpt = torch.load(out, weights_only=False)
+    assert ckpt["amr"]["t2v_mask"] == "official"
+    module = MomentRetrievalModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    got = _run(module.model.eval(), fixture["inputs"])
+    for k in OUT_KEYS:
+        torch.testing.assert_close(got[k], fixture["batched"][k], atol=1e-5, rtol=0)
+    with pytest.raises(SystemExit):  # never overwrites
+        main(["convert-official", str(src), str(out)])

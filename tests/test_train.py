@@ -144,3 +144,42 @@ def test_multirun_two_jobs(root) -> None:
     assert len(metrics) == 2
     assert all((m.parent / ".hydra" / "config.yaml").is_file() for m in metrics)
     assert all((m.parent / "logs" / "train" / "metrics.csv").is_file() for m in metrics)
+
+
+def test_wandb_offline_one_run_per_stage(root, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(root / "wandb_home"))
+    train(_cfg(root, "wb", "experiment=system1", "logger=wandb", "reuse_pretrain=false"))
+    runs = sorted((root / "runs" / "wb").rglob("offline-run-*"))
+    assert len(runs) == 2  # pretrain and finetune, each its own W&B run
+    assert (root / "runs" / "wb" / "pretrain" / "checkpoints" / "best.ckpt").is_file()  # not cached
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_metric_matches_single_process(root) -> None:
+    """Two gloo processes: the distributed metric equals a single-process evaluation of the same
+    (gathered) predictions."""
+    from amr.metrics.predictions import evaluate_files
+
+    env = dict(os.environ, WANDB_MODE="disabled")
+    out = root / "runs" / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "amr.train",
+        "experiment=castella_only",
+        "debug=fast",
+        "logger=none",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        f"paths.root={root}",
+        f"hydra.run.dir={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "run.json").read_text())
+    single = evaluate_files(out / "predictions" / "test_preds.jsonl", info["annotations"]["test"])
+    assert json.loads((out / "test_metrics.json").read_text()) == single

@@ -65,7 +65,7 @@ class MarianTranslator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = MarianTokenizer.from_pretrained(self.name)
-            self.model = MarianMTModel.from_pretrained(self.name).to(self.device).eval()
+            self.model = MarianMTModel.from_pretrained(self.name).to(self.device).eval()  # type: ignore[arg-type]
         except OSError as e:
             raise InputError(f"cannot load Marian model '{model}': {str(e).splitlines()[0]}") from None
 

@@ -159,6 +159,28 @@ def _recall_at_one(top1: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
     return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
 
 
+def per_query_scores(
+    predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, np.ndarray]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per-query ingredients of the official metrics, for bootstrap statistics.
+
+    Returns:
+        qids kept after the GT length filter, AP (Q, T) at each threshold, top-1 hull IoU (Q,).
+        ``100 * mean`` over queries of these gives the official numbers before rounding.
+    """
+    qids, preds, gts = [], [], []
+    for qid, rows in predictions.items():
+        g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2))
+        if len(g) == 0:
+            continue
+        qids.append(qid)
+        preds.append(np.asarray(rows, dtype=float).reshape(-1, 3))
+        gts.append(g)
+    if not qids:
+        raise ValueError("no query has a GT window of length in (0, 1500]")
+    return qids, _mean_ap(preds, gts), _recall_at_one(np.stack([p[0, :2] for p in preds]), gts)
+
+
 def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Official metrics.
 
@@ -177,19 +199,8 @@ def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, n
             f"qid sets differ: {len(missing)} without prediction {missing[:5]}, "
             f"{len(extra)} not in ground truth {extra[:5]}"
         )
-    qids, preds, gts = [], [], []
-    for qid, rows in predictions.items():
-        g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2))
-        if len(g) == 0:
-            continue
-        qids.append(qid)
-        preds.append(np.asarray(rows, dtype=float).reshape(-1, 3))
-        gts.append(g)
-    if not qids:
-        raise ValueError("no query has a GT window of length in (0, 1500]")
-    ap = _mean_ap(preds, gts)
+    _, ap, r1_iou = per_query_scores(predictions, ground_truth)
     ap_thr = ap.mean(0)
-    r1_iou = _recall_at_one(np.stack([p[0, :2] for p in preds]), gts)
 
     mr_map = {str(t): _round(v) for t, v in zip(THRESHOLDS, ap_thr, strict=True)}
     mr_map["average"] = _round(float(np.mean(ap_thr)))
