@@ -50,11 +50,15 @@ class Run:
     per_query: dict[str, np.ndarray] = field(default_factory=dict)
     qids: list[str] = field(default_factory=list)
 
-    def system(self, by: Sequence[str] | None) -> str:
+    def system(self, by: Sequence[str] | None, common: frozenset[str] = frozenset()) -> str:
+        """The system's name: its experiment and the overrides that set it apart (not the seed, not
+        those every compared run shares), or the values of the ``by`` keys."""
         kv = dict(o.split("=", 1) for o in self.overrides if "=" in o)
         if by:
             return ",".join(f"{k}={kv.get(k, '-')}" for k in by)
-        rest = [o for o in self.overrides if not o.startswith(("seed=", "experiment=")) and "=" in o]
+        rest = [
+            o for o in self.overrides if not o.startswith(("seed=", "experiment=")) and "=" in o and o not in common
+        ]
         return self.experiment + (f" [{', '.join(rest)}]" if rest else "")
 
 
@@ -133,8 +137,9 @@ def _aligned(runs: Sequence[Run]) -> dict[str, np.ndarray] | None:
 
 def summarize(runs: Sequence[Run], by: Sequence[str] | None = None) -> list[dict[str, Any]]:
     groups: dict[str, list[Run]] = defaultdict(list)
+    common = frozenset.intersection(*(frozenset(r.overrides) for r in runs)) if runs else frozenset()
     for r in runs:
-        groups[r.system(by)].append(r)
+        groups[r.system(by, common)].append(r)
     rows = []
     for system, members in groups.items():
         row: dict[str, Any] = {"system": system, "n": len(members), "seeds": sorted(m.seed for m in members)}

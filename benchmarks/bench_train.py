@@ -4,6 +4,7 @@ matching, backward, grad-clip 0.1 and AdamW, median of 8 steps after 2 warm-ups,
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import torch
@@ -112,6 +113,60 @@ def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: 
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
 
+def official_step(src: str, shape: str, batch: int = 32, steps: int = 8) -> float:
+    """Median step of the official baseline's own code, on the same batch, when a checkout of it
+    is given (``AMR_OFFICIAL_SRC=.../dcase2026_task6_baseline/src``); nothing of it ships here."""
+    import sys
+    import types
+
+    sys.path.insert(0, src)
+    from qd_detr import build_model  # type: ignore[import-not-found]
+
+    args = types.SimpleNamespace(
+        device="cpu",
+        hidden_dim=256,
+        dropout=0.1,
+        nheads=8,
+        dim_feedforward=1024,
+        enc_layers=2,
+        dec_layers=2,
+        position_embedding="sine",
+        max_q_l=32,
+        input_dropout=0.5,
+        max_a_l=300,
+        t_feat_dim=768,
+        a_feat_dim=768,
+        aux_loss=True,
+        num_queries=10,
+        span_loss_type="l1",
+        n_input_proj=2,
+        set_cost_span=10,
+        set_cost_giou=1,
+        set_cost_class=4,
+        span_loss_coef=10,
+        giou_loss_coef=1,
+        label_loss_coef=4,
+        lw_saliency=1,
+        eos_coef=0.1,
+        saliency_margin=0.2,
+    )
+    torch.manual_seed(0)
+    model, criterion = build_model(args)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    inputs, targets = make_batch(batch, SHAPES[shape], "cpu")
+
+    def step() -> None:
+        losses = criterion(model(**inputs), targets)
+        loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+        opt.zero_grad()
+
+    return median_time(step, repeat=steps, warmup=2)
+
+
 def main() -> dict:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     res: dict = {}
@@ -135,6 +190,15 @@ def main() -> dict:
                         f"{100 * r['share_of_matmul_peak']:.0f}%",
                     ]
                 )
+    src = os.environ.get("AMR_OFFICIAL_SRC")
+    if src:
+        for shape in SHAPES:
+            t = official_step(src, shape)
+            ours = res[f"cpu-fp32-{shape}-b32"]["median_s"]
+            res[f"official-cpu-fp32-{shape}-b32"] = {"median_s": t, "ours_over_official": ours / t}
+            rows.append(
+                [f"official {shape} (same machine, same batch)", f"{t:.3f}", "", "", f"ours/official {ours / t:.2f}"]
+            )
     res["peak_rss_mb"] = peak_rss_mb()
     print("matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
     print(table(rows, ["step", "median s", "GFLOP", "GFLOP/s", "of peak"]))

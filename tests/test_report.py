@@ -56,7 +56,7 @@ def test_report_table_charts_and_notebook(sweep, tmp_path) -> None:
     out = tmp_path / "report"
     proc = _amr("report", str(sweep), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| system")]
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| system |")]
     assert len(table) == 2
     assert all(row.split("|")[2].strip() == "2" for row in table)  # n = 2 seeds per system
     assert {row.split("|")[1].strip() for row in table} == {"baseline", "system1"}
