@@ -350,8 +350,8 @@ def _main(cfg: DictConfig) -> float | None:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    test = results.get("test") or results.get("val")
-    return float(test["brief"]["MR-full-R1@0.7"]) if test else None  # objective for hparams_search
+    # objective for hparams_search: validation, never test
+    return float(results["val"]["brief"]["MR-full-R1@0.7"]) if "val" in results else None
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def main() -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset, scale in (("clotho_moment", 0.4), ("castella", 0.5)):
-            layout = generate(Path(tmp) / "data", preset, seed=0, scale=scale)
+            layout = generate(Path(tmp) / "data", preset, seed=0, scale=scale, dtype="float32")  # as the archives
             data = SplitData.load(layout, "train", Path(tmp) / "cache")
             packed = MomentDataset(data, train=True)
             npz = PerItemNpz(data, layout)

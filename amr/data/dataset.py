@@ -176,10 +176,19 @@ class MomentDataset(Dataset):
         self.with_labels = with_labels
         self.epoch = 0
         self._draws: np.ndarray | None = None
+        self._tef: dict[int, np.ndarray] = {}
         self._draws_epoch = -1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _time_features(self, n: int) -> np.ndarray:
+        """(n, 2) official time features [i/n, i/n + 1/n], computed once per length."""
+        tef = self._tef.get(n)
+        if tef is None:
+            st = np.arange(n, dtype=np.float32) / n
+            tef = self._tef[n] = np.stack([st, st + 1.0 / n], 1)
+        return tef
 
     def draws(self, index: int) -> np.ndarray:
         if self._draws is None or self._draws_epoch != self.epoch:
@@ -203,9 +212,7 @@ class MomentDataset(Dataset):
         n = len(frames)
         aud = np.empty((n, frames.shape[1] + 2), dtype=np.float32)
         aud[:, :-2] = frames
-        tef = np.arange(n, dtype=np.float32) / n
-        aud[:, -2] = tef
-        aud[:, -1] = tef + 1.0 / n
+        aud[:, -2:] = self._time_features(n)
         masked = None
         if self.time_mask is not None:
             masked = time_mask_span(n, self.time_mask, u[1:4])

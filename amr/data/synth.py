@@ -191,12 +191,15 @@ def _activation(windows: list[list[float]], frames: int, centered: bool) -> np.n
     return np.clip(act, 0, 1)
 
 
-def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scale: float = 1.0) -> Layout:
+def generate(
+    out: str | Path, preset: str = "clotho_moment", seed: int = 0, scale: float = 1.0, dtype: str = "float16"
+) -> Layout:
     """Write a synthetic dataset in the official layout under ``out`` and return its layout.
 
     Args:
         preset: ``clotho_moment`` or ``castella``.
         scale: multiplies the number of recordings per split (tests use small values).
+        dtype: of the npz arrays; float16 halves the disk use, float32 is what the official archives hold.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -249,14 +252,14 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
                 if p.fg_db:
                     row["fg_dB"] = level
                 rows.append(row)
-                _save(layout.text_file(qid), TEXT_KEY, world.text_features(caption, rng))
+                _save(layout.text_file(qid), TEXT_KEY, world.text_features(caption, rng), dtype)
                 vers = []
                 for v, tag in enumerate(TAGS, start=1):
                     text = world.caption(CONCEPTS[c], rng, v)
                     vers.append({"pivot": tag, "text": text})
-                    _save(layout.text_file(qid, tag), TEXT_KEY, world.text_features(text, rng))
+                    _save(layout.text_file(qid, tag), TEXT_KEY, world.text_features(text, rng), dtype)
                 versions.append({"qid": qid, "query": caption, "versions": vers, "dropped": []})
-            _save(layout.audio_file(vid), AUDIO_KEY, audio.astype(np.float32))
+            _save(layout.audio_file(vid), AUDIO_KEY, audio, dtype)
         write_jsonl(layout.versions_file(split), versions)
         write_jsonl(layout.annotations(split), rows)
     with atomic_open(Path(out) / "data" / f"{p.name}_SYNTHETIC.json") as f:
@@ -264,6 +267,6 @@ def generate(out: str | Path, preset: str = "clotho_moment", seed: int = 0, scal
     return layout
 
 
-def _save(path: Path, key: str, arr: np.ndarray) -> None:
+def _save(path: Path, key: str, arr: np.ndarray, dtype: str = "float16") -> None:
     with atomic_open(path, "wb") as f:
-        np.savez(f, **{key: arr.astype(np.float16)})  # type: ignore[arg-type]
+        np.savez(f, **{key: arr.astype(dtype)})  # type: ignore[arg-type]
