@@ -354,7 +354,25 @@ def _main(cfg: DictConfig) -> float | None:
     return float(results["val"]["brief"]["MR-full-R1@0.7"]) if "val" in results else None
 
 
+def _refuse_taken_run_dir(argv: list[str]) -> None:
+    """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse an explicit
+    ``hydra.run.dir`` that already holds a run (unless resuming) before it can touch anything."""
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in argv):
+        return
+    for a in argv:
+        if a.startswith("hydra.run.dir="):
+            out = Path(a.split("=", 1)[1])
+            if (out / "checkpoints").exists() or (out / "test_metrics.json").exists():
+                print(
+                    f"error: {out}: run folder already holds a run; pick another hydra.run.dir, or resume it "
+                    "with ckpt_path=last",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)
+
+
 def main() -> None:
+    _refuse_taken_run_dir(sys.argv[1:])
     _main()
 
 

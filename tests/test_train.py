@@ -183,3 +183,38 @@ def test_ddp_on_cpu_metric_matches_single_process(root) -> None:
     info = json.loads((out / "run.json").read_text())
     single = evaluate_files(out / "predictions" / "test_preds.jsonl", info["annotations"]["test"])
     assert json.loads((out / "test_metrics.json").read_text()) == single
+
+
+@pytest.mark.parametrize(
+    ("override", "check"),
+    [
+        ("hydra/launcher=joblib", lambda h: "Joblib" in h.launcher._target_),
+        ("hydra/launcher=submitit_slurm", lambda h: "SlurmLauncher" in h.launcher._target_),
+        ("hparams_search=optuna", lambda h: "Optuna" in h.sweeper._target_ and h.sweeper.direction == "maximize"),
+    ],
+)
+def test_cluster_launchers_and_search_compose(root, override, check) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[override, "experiment=system1", f"paths.root={root}"], return_hydra_config=True
+        )
+    assert check(cfg.hydra)
+
+
+def test_taken_run_folder_is_refused_before_hydra_writes(root) -> None:
+    out = root / "runs" / "taken_cli"
+    (out / ".hydra").mkdir(parents=True)
+    (out / ".hydra" / "config.yaml").write_text("precious")
+    (out / "test_metrics.json").write_text("{}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "amr.train", "experiment=castella_only", f"hydra.run.dir={out}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr
+    assert (out / ".hydra" / "config.yaml").read_text() == "precious"
