@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from amr.model.qd_detr import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
+
 STAGES = ("pretrain", "finetune")
 PIVOTS = ("de", "fr", "es")
 
@@ -56,24 +58,6 @@ class StageCfg:
 class PretrainCfg(StageCfg):
     enabled: bool = True
     data: DataCfg | None = None
-
-
-@dataclass
-class ModelCfg:
-    hidden_dim: int = 256
-    nheads: int = 8
-    enc_layers: int = 2
-    dec_layers: int = 2
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    input_dropout: float = 0.5
-    num_queries: int = 10
-    n_input_proj: int = 2
-    aud_dim: int = 768
-    txt_dim: int = 768
-    max_q_l: int = 32
-    aux_loss: bool = True
-    t2v_mask: str = "official"
 
 
 @dataclass

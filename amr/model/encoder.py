@@ -51,12 +51,8 @@ class _FFN(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
-class TextToAudioLayer(_FFN):
-    """Audio frames attend to text tokens; text passes through unchanged.
-
-    Official quirk (spec quirk 3): the FFN reads ``norm1(x)`` but its residual adds the un-normalised
-    ``x``; only ``norm2`` follows. Values carry no position; text position is zero.
-    """
+class _EncoderLayer(_FFN):
+    """Parameters shared by both encoder layer kinds: one attention, two norms, two dropouts."""
 
     def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float) -> None:
         super().__init__(dim, ffn_dim, dropout)
@@ -65,6 +61,14 @@ class TextToAudioLayer(_FFN):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
+
+
+class TextToAudioLayer(_EncoderLayer):
+    """Audio frames attend to text tokens; text passes through unchanged.
+
+    Official quirk (spec quirk 3): the FFN reads ``norm1(x)`` but its residual adds the un-normalised
+    ``x``; only ``norm2`` follows. Values carry no position; text position is zero.
+    """
 
     def forward(self, aud: Tensor, aud_pos: Tensor, txt: Tensor, blocked: Tensor) -> Tensor:
         """aud: (B, La, d), aud_pos: (B, La, d), txt: (B, Lt, d), blocked: (B, H|1, La|1, Lt) -> (B, La, d)."""
@@ -72,16 +76,8 @@ class TextToAudioLayer(_FFN):
         return self.norm2(x + self.dropout2(self.ffn(self.norm1(x))))
 
 
-class SelfAttentionLayer(_FFN):
+class SelfAttentionLayer(_EncoderLayer):
     """Standard post-norm encoder layer; queries and keys carry the position, values do not."""
-
-    def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float) -> None:
-        super().__init__(dim, ffn_dim, dropout)
-        self.self_attn = SelfProjectedAttention(dim, nhead, dropout)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
 
     def forward(self, x: Tensor, pos: Tensor, blocked: Tensor) -> Tensor:
         """x, pos: (B, L, d), blocked: (B, 1, 1, L) key padding -> (B, L, d)."""

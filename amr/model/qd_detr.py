@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class QDDETRConfig:
     txt_dim: int = 768
     max_q_l: int = 32  # size of the (unused) learned text position table
     aux_loss: bool = True
-    t2v_mask: T2VMask = "official"
+    t2v_mask: str = "official"  # official | per_sample, see :func:`amr.model.encoder.t2v_blocked`
 
     def __post_init__(self) -> None:
         if self.t2v_mask not in ("official", "per_sample"):
@@ -140,7 +141,7 @@ class QDDETR(nn.Module):
 
     @property
     def t2v_mask(self) -> T2VMask:
-        return self.cfg.t2v_mask
+        return cast(T2VMask, self.cfg.t2v_mask)
 
     def forward(self, src_txt: Tensor, src_txt_mask: Tensor, src_aud: Tensor, src_aud_mask: Tensor) -> dict:
         """
@@ -160,7 +161,7 @@ class QDDETR(nn.Module):
         txt_pad = src_txt_mask == 0
         # Negative pass: each sample paired with the next sample's text (the last with the first).
         txt_neg, txt_pad_neg = txt.roll(-1, 0), txt_pad.roll(-1, 0)
-        nhead, mode = self.transformer.nhead, self.cfg.t2v_mask
+        nhead, mode = self.transformer.nhead, self.t2v_mask
         blocked = torch.cat(
             [t2v_blocked(aud_pad, txt_pad, nhead, mode), t2v_blocked(aud_pad, txt_pad_neg, nhead, mode)]
         )
