@@ -111,7 +111,12 @@ def pretrain_key(cfg: DictConfig) -> str:
     time_mask, tags = _stage_augment(cfg, "pretrain")
     ident = {
         "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
-        "stage": {"epochs": _epochs(cfg, cfg.pretrain), "batch_size": cfg.pretrain.batch_size},
+        # the eval batch counts too: with the official T2V mask, outputs depend on the batch
+        "stage": {
+            "epochs": _epochs(cfg, cfg.pretrain),
+            "batch_size": cfg.pretrain.batch_size,
+            "eval_batch_size": cfg.pretrain.eval_batch_size,
+        },
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),

@@ -218,3 +218,9 @@ def test_taken_run_folder_is_refused_before_hydra_writes(root) -> None:
     assert proc.returncode == 2
     assert "already holds a run" in proc.stderr
     assert (out / ".hydra" / "config.yaml").read_text() == "precious"
+
+
+def test_tensorboard_logger_writes_events(root) -> None:
+    pytest.importorskip("tensorboard")
+    train(_cfg(root, "tb", "experiment=castella_only", "logger=tensorboard", "+trainer.fast_dev_run=1"))
+    assert list((root / "runs" / "tb" / "logs" / "train").glob("events.out.tfevents.*"))
