@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
+from amr.model.official import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model.qd_detr import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 
 STAGES = ("pretrain", "finetune")
@@ -58,19 +59,6 @@ class StageCfg:
 class PretrainCfg(StageCfg):
     enabled: bool = True
     data: DataCfg | None = None
-
-
-@dataclass
-class LossCfg:
-    set_cost_class: float = 4.0
-    set_cost_span: float = 10.0
-    set_cost_giou: float = 1.0
-    span_loss_coef: float = 10.0
-    giou_loss_coef: float = 1.0
-    label_loss_coef: float = 4.0
-    lw_saliency: float = 1.0
-    eos_coef: float = 0.1
-    saliency_margin: float = 0.2
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +30,29 @@ def official_weight_dict(
     return weights
 
 
-def build_criterion(
-    set_cost_class: float = 4.0,
-    set_cost_span: float = 10.0,
-    set_cost_giou: float = 1.0,
-    span_loss_coef: float = 10.0,
-    giou_loss_coef: float = 1.0,
-    label_loss_coef: float = 4.0,
-    lw_saliency: float = 1.0,
-    eos_coef: float = 0.1,
-    saliency_margin: float = 0.2,
-    dec_layers: int = 2,
-    aux_loss: bool = True,
-) -> SetCriterion:
-    """The official criterion with the official defaults (``config.yml``)."""
-    matcher = HungarianMatcher(cost_class=set_cost_class, cost_span=set_cost_span, cost_giou=set_cost_giou)
-    weights = official_weight_dict(span_loss_coef, giou_loss_coef, label_loss_coef, lw_saliency, dec_layers, aux_loss)
-    return SetCriterion(matcher, weights, eos_coef=eos_coef, saliency_margin=saliency_margin)
+@dataclass
+class LossConfig:
+    """Matching costs and loss weights; the defaults are the official ``config.yml`` values."""
+
+    set_cost_class: float = 4.0
+    set_cost_span: float = 10.0
+    set_cost_giou: float = 1.0
+    span_loss_coef: float = 10.0
+    giou_loss_coef: float = 1.0
+    label_loss_coef: float = 4.0
+    lw_saliency: float = 1.0
+    eos_coef: float = 0.1
+    saliency_margin: float = 0.2
+
+
+def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float) -> SetCriterion:
+    """The official criterion; keyword arguments override fields of :class:`LossConfig`."""
+    c = LossConfig(**losses)
+    matcher = HungarianMatcher(cost_class=c.set_cost_class, cost_span=c.set_cost_span, cost_giou=c.set_cost_giou)
+    weights = official_weight_dict(
+        c.span_loss_coef, c.giou_loss_coef, c.label_loss_coef, c.lw_saliency, dec_layers, aux_loss
+    )
+    return SetCriterion(matcher, weights, eos_coef=c.eos_coef, saliency_margin=c.saliency_margin)
 
 
 def _state_dict(checkpoint: str | Path | dict[str, Any]) -> dict[str, torch.Tensor]:
