@@ -128,11 +128,8 @@ def _aligned(runs: Sequence[Run]) -> dict[str, np.ndarray] | None:
     if not runs or any(not r.per_query for r in runs):
         return None
     common = sorted(set.intersection(*(set(r.qids) for r in runs)))
-    out = {}
-    for k in COLUMNS:
-        cols = [r.per_query[k][[r.qids.index(q) for q in common]] for r in runs]
-        out[k] = np.mean(cols, axis=0)
-    return out
+    rows = [[{q: i for i, q in enumerate(r.qids)}[q] for q in common] for r in runs]
+    return {k: np.mean([r.per_query[k][idx] for r, idx in zip(runs, rows, strict=True)], axis=0) for k in COLUMNS}
 
 
 def summarize(runs: Sequence[Run], by: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -69,6 +70,35 @@ def matmul_peak_gflops(device: str, dtype: torch.dtype = torch.float32, n: int =
     return 2 * n**3 / median_time(run, repeat=10, warmup=2) / 1e9
 
 
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: Callable[[], torch.Tensor],
+    device: str,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Callable[[], None]:
+    """One timed training step: loss, backward (scaled for fp16), grad-clip 0.1, AdamW."""
+
+    def step() -> None:
+        value = loss()
+        if scaler is not None:
+            scaler.scale(value).backward()
+            scaler.unscale_(opt)
+        else:
+            value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
 def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
     torch.manual_seed(0)
     model = QDDETR().to(device).train()
@@ -83,33 +113,15 @@ def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: 
             return contextlib.nullcontext()
         return torch.autocast(device_type=device, dtype=dtype)
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with autocast():
-            out = model(**inputs)
-            loss = criterion.total(criterion(out, targets))
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+            return criterion.total(criterion(model(**inputs), targets))
 
     with FlopCounterMode(display=False) as fc:
-        with autocast():
-            out = model(**inputs)
-            loss = criterion.total(criterion(out, targets))
-        loss.backward()
+        loss().backward()
     opt.zero_grad(set_to_none=True)
     flops = fc.get_total_flops()
-    t = median_time(step, repeat=steps, warmup=2)
+    t = median_time(train_step(model, opt, loss, device, scaler), repeat=steps, warmup=2)
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
 
@@ -156,15 +168,11 @@ def official_step(src: str, shape: str, batch: int = 32, steps: int = 8) -> floa
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     inputs, targets = make_batch(batch, SHAPES[shape], "cpu")
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         losses = criterion(model(**inputs), targets)
-        loss = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        opt.step()
-        opt.zero_grad()
+        return sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
 
-    return median_time(step, repeat=steps, warmup=2)
+    return median_time(train_step(model, opt, loss, "cpu"), repeat=steps, warmup=2)
 
 
 def main() -> dict:

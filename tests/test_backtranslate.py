@@ -48,28 +48,19 @@ def _annotations(path: Path, n: int) -> Path:
 def test_both_backends_write_one_line_per_query(models, tmp_path, backend) -> None:
     pytest.importorskip("ctranslate2") if backend == "ctranslate2" else None
     queries = [{"qid": f"q{i}", "query": c} for i, c in enumerate(_captions(20))]
-    rows, report = backtranslate(
-        queries,
-        ["de"],
-        backend,
-        str(models / "opus-mt-{src}-{tgt}"),
-        tmp_path / "cache",
-        DecodeOptions(max_new_tokens=12, batch_size=8),
-    )
+
+    def run():
+        opts = DecodeOptions(max_new_tokens=12, batch_size=8)
+        return backtranslate(queries, ["de"], backend, str(models / "opus-mt-{src}-{tgt}"), tmp_path / "cache", opts)
+
+    rows, report = run()
     assert [r["qid"] for r in rows] == [q["qid"] for q in queries]
     assert report.versions + report.dropped_identical == 20
     assert all(v["pivot"] == "de" and v["text"] for r in rows for v in r["versions"])
     # a second run translates nothing: everything comes from the cache
     cache = TranslationCache(tmp_path / "cache" / f"{backend}-cache.jsonl")
     n_cached = len(cache.entries)
-    rows2, _ = backtranslate(
-        queries,
-        ["de"],
-        backend,
-        str(models / "opus-mt-{src}-{tgt}"),
-        tmp_path / "cache",
-        DecodeOptions(max_new_tokens=12, batch_size=8),
-    )
+    rows2, _ = run()
     assert rows2 == rows
     assert len(TranslationCache(tmp_path / "cache" / f"{backend}-cache.jsonl").entries) == n_cached
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -106,7 +107,10 @@ class CT2Translator:
 
             tmp = converted.with_name(converted.name + f".tmp{os.getpid()}")
             TransformersConverter(self.name).convert(str(tmp), force=True)
-            os.replace(tmp, converted) if not converted.exists() else None
+            if converted.exists():  # another process converted it meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                os.replace(tmp, converted)
         self.tokenizer = MarianTokenizer.from_pretrained(self.name)
         self.translator = ctranslate2.Translator(
             str(converted), device=device, compute_type=compute_type, intra_threads=os.cpu_count() or 1
@@ -192,7 +196,8 @@ def translate_all(
 
 
 def normalize_text(text: str) -> str:
-    return re.sub(r"[^\w\s]", "", text.lower()).split().__str__()
+    """Lower case, punctuation removed, whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", "", text.lower()).split())
 
 
 @dataclass

@@ -109,11 +109,14 @@ def _check_versions(layout: Layout, split: str, queries: Sequence[Query], tags: 
     that tag's back-translation as identical to the original (then the original serves). No silent
     fallback otherwise. Returns the aliases of the identical ones."""
     dropped: dict[str, set[str]] = {}
+    listed: dict[str, int] = {}  # texts per tag in the paraphrase file, for the error message
     vf = layout.versions_file(split)
     if vf.is_file():
         for _, row in read_jsonl(vf):
             for tag in row.get("dropped", []):
                 dropped.setdefault(tag, set()).add(str(row["qid"]))
+            for v in row.get("versions", []):
+                listed[v.get("pivot")] = listed.get(v.get("pivot"), 0) + 1
     alias = {}
     for tag in tags:
         missing = []
@@ -125,8 +128,7 @@ def _check_versions(layout: Layout, split: str, queries: Sequence[Query], tags: 
         if missing:
             hint = ""
             if vf.is_file():
-                have = sum(1 for _, r in read_jsonl(vf) if any(v.get("pivot") == tag for v in r.get("versions", [])))
-                hint = f" ({vf.name} lists {have} texts for '{tag}'; extract their text features)"
+                hint = f" ({vf.name} lists {listed.get(tag, 0)} texts for '{tag}'; extract their text features)"
             raise InputError(
                 f"caption version '{tag}' missing for {len(missing)} of {len(queries)} queries "
                 f"(first: {', '.join(missing[:3])}){hint}",
