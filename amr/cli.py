@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amr.errors import InputError
+
+if TYPE_CHECKING:
+    from amr.clap.extract import ExtractReport
+    from amr.clap.model import ClapEncoder
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -116,24 +122,18 @@ def _submit(args: argparse.Namespace) -> None:
 
     from amr.data.dataset import MomentDataset, SplitData, collate
     from amr.data.features import Layout
-    from amr.lit_module import MomentRetrievalModule
     from amr.metrics.predictions import write_predictions, write_submission
     from amr.model import postprocess
+    from amr.predict import load_module
 
     if args.out.exists():
         raise InputError("output exists; refusing to overwrite", args.out)
-    ckpt_path = Path(args.ckpt)
-    if not ckpt_path.is_file():
-        raise InputError("checkpoint not found", ckpt_path)
+    model = load_module(args.ckpt).model  # checked before the features are read
     layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
     annotations = (
         Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
     )
     data = SplitData.load(layout, "evaluation", args.cache_dir, require_windows=False, annotations=annotations)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module = MomentRetrievalModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    model = module.model.eval()
     loader = DataLoader(MomentDataset(data, train=False, with_labels=False), batch_size=100, collate_fn=collate)
     lines = []
     with torch.inference_mode():
@@ -146,6 +146,81 @@ def _submit(args: argparse.Namespace) -> None:
     write_predictions(args.out.with_suffix(".scores.jsonl"), lines)
     write_submission(args.out, lines)
     print(f"{len(lines)} queries: submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
+
+
+def _encoder_factory(args: argparse.Namespace) -> Callable[[], ClapEncoder]:
+    def make() -> ClapEncoder:
+        from amr.clap.model import ClapEncoder
+
+        enc = ClapEncoder(args.clap_weights, args.device)
+        print(enc.report.line(), file=sys.stderr)
+        return enc
+
+    return make
+
+
+def _finish(report: ExtractReport, what: str) -> None:
+    print(report.summary(what))
+    if report.failures:
+        print(f"{len(report.failures)} file(s) failed:", file=sys.stderr)
+        for line in report.failures:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _extract_audio(args: argparse.Namespace) -> None:
+    from amr.clap.extract import extract_audio_dir
+
+    max_s = args.max_seconds if args.max_seconds > 0 else None
+    report = extract_audio_dir(
+        args.audio_dir, args.out, _encoder_factory(args), max_s, args.centered, args.channel, args.batch_size
+    )
+    _finish(report, "audio feature")
+
+
+def _extract_text(args: argparse.Namespace) -> None:
+    from amr.clap.extract import extract_text
+
+    report = extract_text(args.annotations, args.paraphrases, args.out, _encoder_factory(args), args.batch_size)
+    _finish(report, "text feature")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import json
+
+    queries = list(args.query)
+    if args.top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {args.top_k}", "--top-k")
+    for q in queries:
+        if not q.strip():
+            raise InputError("query is empty (only whitespace)", "--query")
+    if not args.audio.is_file():
+        raise InputError("audio file not found", args.audio)
+    win = None
+    if args.audio.suffix != ".npz":  # bad audio fails before any model loads
+        from amr.clap.audio import audio_windows
+
+        win = audio_windows(args.audio, None, args.centered)
+    from amr.clap.extract import embed_windows
+    from amr.predict import Predictor
+
+    predictor = Predictor(args.ckpt, args.clap_weights, args.device, args.centered, args.max_frames)
+    frames = predictor.audio_features(args.audio) if win is None else embed_windows(predictor.clap, win, 64)
+    results = [(q, predictor.predict(frames, q, args.top_k)) for q in queries]
+    if args.json:
+        doc = [{"audio": str(args.audio), "query": q, "moments": [m.to_json() for m in ms]} for q, ms in results]
+        print(json.dumps(doc[0] if len(doc) == 1 else doc, indent=2))
+        return
+    for q, moments in results:
+        print(f'{args.audio} ({len(frames)} frames of 1 s): "{q}"')
+        print(f"{'rank':>4}  {'start':>8}  {'end':>8}  {'score':>6}")
+        for i, m in enumerate(moments, 1):
+            print(f"{i:>4}  {m.start:>8.1f}  {m.end:>8.1f}  {m.score:>6.4f}")
+
+
+def _clap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clap-weights", type=Path, help="local MS-CLAP 2023 .pth (default: msclap's hub download)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +286,37 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")
     u.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/packs"))
     u.set_defaults(fn=_submit)
+
+    xa = sub.add_parser("extract-audio", help="MS-CLAP 2023 audio features (1 frame/s) of a folder of audio files")
+    xa.add_argument("--audio-dir", required=True, type=Path)
+    xa.add_argument(
+        "--out", required=True, type=Path, help="FEATURES_DIR, e.g. features/castella: writes clap/{vid}.npz"
+    )
+    xa.add_argument("--max-seconds", type=float, default=300.0, help="cut longer audio (0: keep all)")
+    xa.add_argument("--centered", action="store_true", help="pad 0.5 s on both sides (Clotho-Moment's frames)")
+    xa.add_argument("--channel", choices=["first", "mean"], default="first", help="official: the first channel")
+    xa.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    _clap_options(xa)
+    xa.set_defaults(fn=_extract_audio)
+
+    xt = sub.add_parser("extract-text", help="MS-CLAP 2023 (GPT-2) token-level text features of captions")
+    xt.add_argument("--annotations", required=True, nargs="+", type=Path, help="annotation JSONL file(s)")
+    xt.add_argument("--paraphrases", type=Path, help="paraphrase JSONL (amr backtranslate): caption versions too")
+    xt.add_argument("--out", required=True, type=Path, help="FEATURES_DIR: writes clap_text/ and clap_text_versions/")
+    xt.add_argument("--batch-size", type=int, default=64, help="captions per forward pass")
+    _clap_options(xt)
+    xt.set_defaults(fn=_extract_text)
+
+    pr = sub.add_parser("predict", help="moments of a text query in an audio file (or a features .npz)")
+    pr.add_argument("--ckpt", required=True, type=Path)
+    pr.add_argument("--audio", required=True, type=Path)
+    pr.add_argument("--query", required=True, action="append", help="repeat for several queries")
+    pr.add_argument("--top-k", type=int, default=5)
+    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pr.add_argument("--centered", action="store_true", help="features as Clotho-Moment's (0.5 s padding)")
+    pr.add_argument("--max-frames", type=int, default=300, help="longer audio is windowed with half overlap")
+    _clap_options(pr)
+    pr.set_defaults(fn=_predict)
 
     c = sub.add_parser("convert-official", help="official baseline .pth -> amr Lightning checkpoint")
     c.add_argument("checkpoint", type=Path)

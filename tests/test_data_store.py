@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -174,6 +175,33 @@ def test_missing_pivot_is_an_error_not_a_fallback(tiny, tmp_path) -> None:
             SplitData.load(clotho, "train", tmp_path / "cache", tags=["fr"])
     finally:
         victim.with_suffix(".bak").rename(victim)
+
+
+def test_dropped_version_is_served_by_the_original_caption(tiny, tmp_path) -> None:
+    """A back-translation identical to the original is listed as dropped and has no file: drawing it
+    gives the original caption's features."""
+    import shutil
+
+    clotho, _ = tiny
+    root = tmp_path / "copy"
+    shutil.copytree(clotho.root, root)
+    layout = type(clotho)(root, clotho.name, clotho.feat_dir)
+    rows = [json.loads(x) for x in layout.versions_file("train").read_text().splitlines()]
+    victim = rows[0]["qid"]
+    rows[0]["versions"] = [v for v in rows[0]["versions"] if v["pivot"] != "de"]
+    rows[0]["dropped"] = ["de"]
+    layout.versions_file("train").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    layout.text_file(victim, "de").unlink()
+    data = SplitData.load(layout, "train", tmp_path / "cache", tags=["de"])
+    ds = MomentDataset(data, train=True, seed=0, caption_tags=["de"])
+    index = next(i for i, q in enumerate(data.queries) if q.qid == victim)
+    seen = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        item = ds[index]
+        seen.add(item["version"])
+        np.testing.assert_array_equal(item["txt"], np.asarray(data.text[victim], dtype=np.float32))
+    assert seen == {None, "de"}
 
 
 def test_collate_pads_and_keeps_official_targets(tiny, tmp_path) -> None:

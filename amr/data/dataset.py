@@ -203,7 +203,12 @@ class MomentDataset(Dataset):
         return len(self.data.queries)
 
     def text_key(self, q: Query, version: str | None) -> str:
-        return q.qid if version is None else f"{version}/{q.qid}"
+        """Packed-store key of a caption version; a version dropped as identical to the original
+        caption is served by the original."""
+        if version is None:
+            return q.qid
+        key = f"{version}/{q.qid}"
+        return self.data.alias.get(key, key)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         q = self.data.queries[index]

@@ -1,0 +1,219 @@
+"""Folder-level feature extraction: resumable (existing files are skipped), atomic per file, batched,
+and a bad input file never stops the others (failures are listed at the end).
+
+Output layout, ``FEATURES_DIR`` being e.g. ``features/castella``::
+
+    FEATURES_DIR/clap/{vid}.npz                               key "features",          (T, 768)
+    FEATURES_DIR/clap_text/qid{qid}.npz                       key "last_hidden_state", (L, 768)
+    FEATURES_DIR/clap_text_versions/{pivot}/qid{qid}.npz      caption versions (paraphrase file)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from amr.clap.audio import AUDIO_SUFFIXES, Channel, audio_windows
+from amr.data.features import AUDIO_KEY, TEXT_KEY
+from amr.errors import InputError
+from amr.io import atomic_open, read_jsonl
+
+if TYPE_CHECKING:
+    from amr.clap.model import ClapEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: int = 0  # already present
+    failures: list[str] = field(default_factory=list)  # one line per bad input
+
+    def summary(self, what: str) -> str:
+        return (
+            f"{len(self.written)} {what} file(s) written, {self.skipped} already present, {len(self.failures)} failed"
+        )
+
+
+def save_npz(path: Path, key: str, arr: np.ndarray) -> None:
+    """Atomic ``np.savez`` (float32), as the official extractors store features."""
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **{key: np.asarray(arr, dtype=np.float32)})
+
+
+def audio_files(audio_dir: Path) -> list[Path]:
+    """Audio files of a folder (sorted), refusing two files that would write the same ``{vid}.npz``."""
+    if not audio_dir.is_dir():
+        raise InputError("audio folder not found", audio_dir)
+    files = sorted(p for p in audio_dir.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise InputError(f"no audio files ({', '.join(AUDIO_SUFFIXES)})", audio_dir)
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise InputError(f"two files give the same id '{p.stem}': {seen[p.stem].name} and {p.name}", audio_dir)
+        seen[p.stem] = p
+    return files
+
+
+def embed_windows(encoder: ClapEncoder, win: np.ndarray, batch_size: int) -> np.ndarray:
+    """(T, 44100) windows -> (T, 768) embeddings, ``batch_size`` windows per forward pass."""
+    parts = [encoder.audio(win[i : i + batch_size]) for i in range(0, len(win), batch_size)]
+    return np.concatenate(parts, 0)
+
+
+def audio_features(
+    encoder: ClapEncoder,
+    path: Path,
+    max_seconds: float | None = 300.0,
+    centered: bool = False,
+    channel: Channel = "first",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(T, 768) CLAP frames of one file; T = floor(seconds), + 1 when ``centered``."""
+    return embed_windows(encoder, audio_windows(path, max_seconds, centered, channel), batch_size)
+
+
+def _prefetch(
+    paths: Sequence[Path], load: Callable[[Path], np.ndarray]
+) -> Iterator[tuple[Path, np.ndarray | Exception]]:
+    """Decode and resample the next file on a thread while the model works on the current one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def safe(p: Path) -> np.ndarray | Exception:
+            try:
+                return load(p)
+            except InputError as e:
+                return e
+
+        futures = [pool.submit(safe, p) for p in paths[:2]]
+        for i, p in enumerate(paths):
+            result = futures[i].result()
+            if i + 2 < len(paths):
+                futures.append(pool.submit(safe, paths[i + 2]))
+            futures[i] = None  # type: ignore[call-overload]  # release the samples
+            yield p, result
+
+
+def extract_audio_dir(
+    audio_dir: Path,
+    out_dir: Path,
+    encoder_factory: Callable[[], ClapEncoder],
+    max_seconds: float | None = 300.0,
+    centered: bool = False,
+    channel: Channel = "first",
+    batch_size: int = 64,
+) -> ExtractReport:
+    """One ``{vid}.npz`` per audio file of ``audio_dir`` under ``out_dir/clap``."""
+    files = audio_files(audio_dir)
+    target = out_dir / "clap"
+    report = ExtractReport()
+    todo = []
+    for p in files:
+        if (target / f"{p.stem}.npz").is_file():
+            report.skipped += 1
+        else:
+            todo.append(p)
+    if not todo:
+        return report
+    encoder = encoder_factory()
+
+    def load(p: Path) -> np.ndarray:
+        return audio_windows(p, max_seconds, centered, channel)
+
+    with tqdm(total=len(todo), desc="audio", unit="file") as bar:
+        for p, win in _prefetch(todo, load):
+            bar.update(1)
+            if isinstance(win, Exception):
+                report.failures.append(str(win))
+                continue
+            out = target / f"{p.stem}.npz"
+            save_npz(out, AUDIO_KEY, embed_windows(encoder, win, batch_size))
+            report.written.append(out)
+    return report
+
+
+@dataclass
+class TextJob:
+    caption: str
+    outputs: list[Path]
+
+
+def _caption(value: object, path: Path, line: int, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{what} is empty or not a string", path, line)
+    return value
+
+
+def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Path) -> tuple[list[TextJob], int]:
+    """Captions to encode and the files each one goes to, skipping files already written; identical
+    captions are encoded once. All input is checked before any model is loaded."""
+    from amr.data.annotations import load_annotations
+
+    by_text: dict[str, list[Path]] = {}
+    present = 0
+    known: set[str] = set()
+
+    def add(caption: str, dest: Path) -> None:
+        nonlocal present
+        if dest.is_file():
+            present += 1
+        else:
+            by_text.setdefault(caption, []).append(dest)
+
+    for ann in annotations:
+        for q in load_annotations(ann, require_windows=False):
+            if q.qid in known:
+                continue
+            known.add(q.qid)
+            add(q.query, out_dir / "clap_text" / f"qid{q.qid}.npz")
+    if paraphrases is not None:
+        for line, row in read_jsonl(paraphrases):
+            if "qid" not in row or not isinstance(row.get("versions"), list):
+                raise InputError("each line needs 'qid' and a 'versions' list", paraphrases, line)
+            qid = str(row["qid"])
+            if known and qid not in known:
+                raise InputError(f"qid {qid} is not in the annotation file(s)", paraphrases, line)
+            for v in row["versions"]:
+                if not isinstance(v, dict) or not isinstance(v.get("pivot"), str) or not v["pivot"]:
+                    raise InputError(f"qid {qid}: each version needs a 'pivot' tag and a 'text'", paraphrases, line)
+                tag = v["pivot"]
+                if "/" in tag or tag.startswith("."):
+                    raise InputError(f"qid {qid}: pivot tag {tag!r} cannot name a folder", paraphrases, line)
+                text = _caption(v.get("text"), paraphrases, line, f"qid {qid} version '{tag}'")
+                add(text, out_dir / "clap_text_versions" / tag / f"qid{qid}.npz")
+    return [TextJob(c, d) for c, d in by_text.items()], present
+
+
+def extract_text(
+    annotations: Sequence[Path],
+    paraphrases: Path | None,
+    out_dir: Path,
+    encoder_factory: Callable[[], ClapEncoder],
+    batch_size: int = 64,
+) -> ExtractReport:
+    """GPT-2 token-level features of every caption (and caption version) into ``out_dir``."""
+    jobs, present = text_jobs(annotations, paraphrases, out_dir)
+    report = ExtractReport(skipped=present)
+    if not jobs:
+        return report
+    encoder = encoder_factory()
+    # similar lengths together: less padding, same values (see ClapEncoder.text)
+    jobs.sort(key=lambda j: len(j.caption))
+    with tqdm(total=len(jobs), desc="text", unit="caption") as bar:
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i : i + batch_size]
+            for job, feats in zip(chunk, encoder.text([j.caption for j in chunk]), strict=True):
+                for dest in job.outputs:
+                    save_npz(dest, TEXT_KEY, feats)
+                    report.written.append(dest)
+            bar.update(len(chunk))
+    return report

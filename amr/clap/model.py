@@ -1,0 +1,167 @@
+"""MS-CLAP 2023 through the ``msclap`` package: strict weight loading, the 768-d pre-projection
+audio embedding of each 1 s window, and GPT-2 token-level hidden states of captions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amr.errors import InputError
+
+log = logging.getLogger(__name__)
+
+HUB_REPO = "microsoft/msclap"
+HUB_FILE = "CLAP_weights_2023.pth"
+EOS = " <|endoftext|>"  # appended by msclap's preprocess_text for GPT-2 text encoders
+# derived buffers (causal masks) that older transformers saved with GPT-2 and newer ones rebuild
+_STALE_KEYS = re.compile(r"\.attn\.(bias|masked_bias)$|(^|\.)position_ids$")
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoadReport:
+    """What strict loading found; ``ignored`` are stale derived buffers, never weights."""
+
+    path: str
+    loaded: int
+    ignored: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        extra = f"; {len(self.ignored)} stale buffer(s) ignored ({self.ignored[0]}, ...)" if self.ignored else ""
+        return f"MS-CLAP 2023 weights: {self.loaded} tensors loaded strictly from {self.path}{extra}"
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # msclap's checkpoint format
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError("not an MS-CLAP checkpoint (expected a state dict, or a dict with key 'model')", path)
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> LoadReport:
+    """Load every weight or fail with the missing/unexpected/mis-shaped keys (msclap's own loader
+    uses ``strict=False`` and ignores them silently)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    ignored = [k for k in unexpected if _STALE_KEYS.search(k)]
+    unexpected = [k for k in unexpected if not _STALE_KEYS.search(k)]
+    shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shape:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape)):
+            if keys:
+                parts.append(f"{len(keys)} {name} (first: {', '.join(keys[:3])})")
+        raise InputError("weights do not match MS-CLAP 2023: " + "; ".join(parts), path)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    return LoadReport(str(path), len(own), ignored)
+
+
+def clap_config() -> dict[str, Any]:
+    """msclap's packaged 2023 configuration (imports msclap)."""
+    import importlib.resources
+
+    import yaml
+
+    from amr.clap.compat import import_msclap
+
+    import_msclap()
+    text = importlib.resources.files("msclap").joinpath("configs/config_2023.yml").read_text()
+    return yaml.safe_load(text)
+
+
+def new_clap(cfg: dict[str, Any]) -> Any:
+    """``msclap.models.clap.CLAP`` as msclap's wrapper builds it (random init; GPT-2 from ``text_model``)."""
+    from amr.clap.compat import import_msclap
+
+    return import_msclap().CLAP(
+        audioenc_name=cfg["audioenc_name"],
+        sample_rate=cfg["sampling_rate"],
+        window_size=cfg["window_size"],
+        hop_size=cfg["hop_size"],
+        mel_bins=cfg["mel_bins"],
+        fmin=cfg["fmin"],
+        fmax=cfg["fmax"],
+        classes_num=cfg["num_classes"],
+        out_emb=cfg["out_emb"],
+        text_model=cfg["text_model"],
+        transformer_embed_dim=cfg["transformer_embed_dim"],
+        d_proj=cfg["d_proj"],
+    )
+
+
+class ClapEncoder:
+    """The two encoders of MS-CLAP 2023, used as the official feature extractors use them.
+
+    ``audio(windows)``: (N, 44100) -> (N, 768), ``clap.audio_encoder.base(x)["embedding"]``.
+    ``text(captions)``: GPT-2 last hidden state of ``caption + " <|endoftext|>"`` (pad token '!',
+    at most 77 tokens), cut to the attention mask: one (L_i, 768) array per caption.
+    """
+
+    def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
+        cfg = clap_config()
+        self.text_len = int(cfg["text_len"])
+        if weights is None:
+            from huggingface_hub import hf_hub_download
+
+            weights = hf_hub_download(HUB_REPO, HUB_FILE)
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError("MS-CLAP weights file not found", path)
+        self.clap: Any = new_clap(cfg)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # older checkpoints pickle more than tensors; this is the file msclap itself loads
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e:
+                raise InputError(f"unreadable checkpoint ({type(e).__name__}: {e})", path) from None
+        self.report = load_strict(self.clap, _state_dict(obj, path), path)
+        self.device = pick_device(device)
+        self.clap.eval().to(self.device)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg["text_model"])
+        self.tokenizer.add_special_tokens({"pad_token": "!"})
+        self.tokenizer.padding_side = "right"
+
+    @torch.inference_mode()
+    def audio(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(windows, dtype=np.float32)).to(self.device)
+        return self.clap.audio_encoder.base(x)["embedding"].float().cpu().numpy()
+
+    def tokenize(self, captions: Sequence[str], padding: str = "longest") -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            [c + EOS for c in captions],
+            padding=padding,
+            truncation=True,
+            max_length=self.text_len,
+            return_tensors="pt",
+        )
+
+    @torch.inference_mode()
+    def text(self, captions: Sequence[str], padding: str = "longest") -> list[np.ndarray]:
+        """Right padding and GPT-2's causal attention make each caption's states independent of
+        the batch; ``padding="max_length"`` pads to 77 as the official script does (same values)."""
+        tok = self.tokenize(captions, padding)
+        tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        hidden = self.clap.caption_encoder.base(**tok)[0].float().cpu().numpy()
+        lengths = tok["attention_mask"].sum(1).tolist()
+        return [np.ascontiguousarray(h[: int(n)]) for h, n in zip(hidden, lengths, strict=True)]
