@@ -34,6 +34,7 @@ from amr.lit_module import LOG_NAMES, MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS
 from amr.report import write_timelines
+from amr.runtime import tune_allocator
 
 log = logging.getLogger("amr.train")
 register()
@@ -378,6 +379,7 @@ def _refuse_taken_run_dir(argv: list[str]) -> None:
 
 def main() -> None:
     _refuse_taken_run_dir(sys.argv[1:])
+    tune_allocator()  # large activations reused from the heap instead of fresh pages each step
     _main()
 
 

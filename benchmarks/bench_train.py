@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from amr.lit_module import adamw
 from amr.model import QDDETR, build_criterion
+from amr.runtime import tune_allocator
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
 
 SHAPES = {"clotho_moment": (61, 61), "castella": (120, 300)}  # (min, max) audio frames per sample
+PAIRED_STEPS = {"clotho_moment": 20, "castella": 5}
 
 
 def make_batch(b: int, frames: tuple[int, int], device: str, seed: int = 0) -> tuple[dict, dict]:
@@ -99,11 +103,12 @@ def train_step(
     return step
 
 
-def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
+def our_step(device: str, precision: str, shape: str, batch: int = 32) -> tuple[Callable[[], None], int]:
+    """A timed step of amr's model on a fixed batch, and its FLOPs."""
     torch.manual_seed(0)
     model = QDDETR().to(device).train()
     criterion = build_criterion().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4)  # as the LightningModule builds it
     inputs, targets = make_batch(batch, SHAPES[shape], device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
@@ -120,14 +125,13 @@ def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: 
     with FlopCounterMode(display=False) as fc:
         loss().backward()
     opt.zero_grad(set_to_none=True)
-    flops = fc.get_total_flops()
-    t = median_time(train_step(model, opt, loss, device, scaler), repeat=steps, warmup=2)
-    return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
+    return train_step(model, opt, loss, device, scaler), fc.get_total_flops()
 
 
-def official_step(src: str, shape: str, batch: int = 32, steps: int = 8) -> float:
-    """Median step of the official baseline's own code, on the same batch, when a checkout of it
-    is given (``AMR_OFFICIAL_SRC=.../dcase2026_task6_baseline/src``); nothing of it ships here."""
+def official_step(src: str, shape: str, batch: int = 32) -> Callable[[], None]:
+    """A timed step of the official baseline's own code on the same batch, when a checkout of it
+    is given (``AMR_OFFICIAL_SRC=.../dcase2026_task6_baseline/src``); nothing of it ships here.
+    Built as the official ``train.py`` builds it (plain AdamW)."""
     import sys
     import types
 
@@ -172,10 +176,31 @@ def official_step(src: str, shape: str, batch: int = 32, steps: int = 8) -> floa
         losses = criterion(model(**inputs), targets)
         return sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
 
-    return median_time(train_step(model, opt, loss, "cpu"), repeat=steps, warmup=2)
+    return train_step(model, opt, loss, "cpu")
+
+
+def paired_medians(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> tuple[float, float]:
+    """Median step times of two steps run alternately (machine drift hits both alike)."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(steps):
+        for fn, acc in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
+    step, flops = our_step(device, precision, shape, batch)
+    t = median_time(step, repeat=steps, warmup=2)
+    return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
 
 def main() -> dict:
+    tune_allocator()  # as amr-train does; the official code, measured in this process, gets it too
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     res: dict = {}
     rows = []
@@ -201,11 +226,22 @@ def main() -> dict:
     src = os.environ.get("AMR_OFFICIAL_SRC")
     if src:
         for shape in SHAPES:
-            t = official_step(src, shape)
-            ours = res[f"cpu-fp32-{shape}-b32"]["median_s"]
-            res[f"official-cpu-fp32-{shape}-b32"] = {"median_s": t, "ours_over_official": ours / t}
+            steps = PAIRED_STEPS[shape]
+            ours, official = paired_medians(our_step("cpu", "32-true", shape)[0], official_step(src, shape), steps)
+            res[f"official-cpu-fp32-{shape}-b32"] = {
+                "median_s": official,
+                "ours_median_s_same_run": ours,
+                "ours_over_official": ours / official,
+                "steps": steps,
+            }
             rows.append(
-                [f"official {shape} (same machine, same batch)", f"{t:.3f}", "", "", f"ours/official {ours / t:.2f}"]
+                [
+                    f"official {shape}, alternating with ours x{steps}",
+                    f"{official:.3f}",
+                    "",
+                    "",
+                    f"ours {ours:.3f} s = {ours / official:.2f}x",
+                ]
             )
     res["peak_rss_mb"] = peak_rss_mb()
     print("matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))

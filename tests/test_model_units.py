@@ -135,3 +135,85 @@ def test_fast_dropout_has_the_law_of_nn_dropout() -> None:
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)  # the gradient flows exactly through the kept units
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_fast_dropout_streams_are_seeded_and_thread_count_free() -> None:
+    """Large tensors are filled as two streams (two threads): the mask depends on torch's seed only."""
+    from amr.model.dropout import keep_mask
+
+    shape = (64, 62, 1024)  # above the two-stream size
+    threads = torch.get_num_threads()
+    try:
+        torch.manual_seed(3)
+        a = keep_mask(shape, 0.1)
+        torch.set_num_threads(1)
+        torch.manual_seed(3)
+        b = keep_mask(shape, 0.1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b)
+    assert abs(a.mean().item() - 0.9) < 0.001
+    flat = a.view(-1)
+    half = flat.numel() // 2  # the two streams are different draws, each with the same law
+    assert abs(flat[:half].mean().item() - flat[half:].mean().item()) < 0.002
+    assert not torch.equal(flat[:1000], flat[half : half + 1000])
+    torch.manual_seed(4)
+    assert not torch.equal(keep_mask(shape, 0.1), a)
+
+
+def test_fast_prelu_matches_nn_prelu() -> None:
+    from amr.model.prelu import PReLU
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 64)
+    x[0, 0, :4] = 0.0  # at exactly 0 the slope is the weight, as torch's
+    fast, ref = PReLU(), torch.nn.PReLU()
+    with torch.no_grad():
+        fast.weight.fill_(0.3)
+        ref.weight.fill_(0.3)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(x)
+    ya, yb = fast(xa), ref(xb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=0, atol=0)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    assert set(dict(fast.named_parameters())) == {"weight"}  # official state-dict name
+
+
+def test_training_attention_path_equals_fused_attention() -> None:
+    """The CPU training path (explicit product + fast dropout) is SDPA's computation: with the
+    dropout draw keeping everything, outputs and gradients agree."""
+    from amr.model import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, n, 64, requires_grad=True) for n in (7, 9, 9))
+    blocked = torch.zeros(3, 1, 1, 9, dtype=torch.bool)
+    blocked[1, ..., 6:] = True
+    blocked[2, ..., 3:] = True
+    ref = attention.attend(q, k, v, 8, blocked, 0.0)  # fused kernel
+    gq = torch.autograd.grad(ref.sum(), q)[0]
+    original = attention.fast_dropout
+    attention.fast_dropout = lambda x, p, training: x  # keep every unit
+    try:
+        out = attention.attend(q, k, v, 8, blocked, 0.1)
+        gq2 = torch.autograd.grad(out.sum(), q)[0]
+    finally:
+        attention.fast_dropout = original
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gq2, gq, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(1)
+    dropped = attention.attend(q, k, v, 8, blocked, 0.5)
+    assert not torch.allclose(dropped, ref)
+
+
+def test_allocator_tuning_is_idempotent() -> None:
+    from amr.runtime import tune_allocator
+
+    first = tune_allocator()
+    assert tune_allocator() == first
+    for _ in range(2):  # large allocations (above glibc's default mmap threshold) still work
+        x = torch.arange(10_000_000, dtype=torch.float64)
+        assert x[-1].item() == 9_999_999 and x.sum().item() == 9_999_999 * 10_000_000 / 2
+        del x

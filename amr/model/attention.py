@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amr.model.dropout import dropout as fast_dropout
+
 
 def _heads(x: Tensor, nhead: int) -> Tensor:
     """(B, L, H*D) -> (B, H, L, D)."""
@@ -31,10 +33,25 @@ def attend(q: Tensor, k: Tensor, v: Tensor, nhead: int, blocked: Tensor | None, 
     Returns:
         (B, Lq, H*Dv).
     """
-    mask = None if blocked is None else ~blocked
-    out = F.scaled_dot_product_attention(
-        _heads(q, nhead), _heads(k, nhead), _heads(v, nhead), attn_mask=mask, dropout_p=dropout
-    )
+    qh, kh, vh = _heads(q, nhead), _heads(k, nhead), _heads(v, nhead)
+    if dropout > 0.0 and qh.device.type == "cpu" and qh.dtype == torch.float32:
+        # CPU training: the fused kernel has no dropout and its fallback draws with bernoulli_;
+        # the same computation with the cheaper dropout draw of amr.model.dropout
+        b, h, lq, dk = qh.shape
+        lk = kh.shape[2]
+        if blocked is None:
+            bias = qh.new_zeros(1, 1, 1)
+        else:  # -inf where blocked, added inside the product (baddbmm)
+            bias = torch.zeros(blocked.shape, dtype=qh.dtype).masked_fill_(blocked, float("-inf"))
+            bias = bias.expand(b, h, *bias.shape[2:]).reshape(b * h, *bias.shape[2:])
+        scores = torch.baddbmm(
+            bias, qh.reshape(b * h, lq, dk), kh.reshape(b * h, lk, dk).transpose(1, 2), alpha=dk**-0.5
+        )
+        attn = fast_dropout(scores.softmax(-1), dropout, True)
+        out = torch.bmm(attn, vh.reshape(b * h, lk, -1)).view(b, h, lq, -1)
+    else:
+        mask = None if blocked is None else ~blocked
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, dropout_p=dropout)
     b, _, lq, _ = out.shape
     return out.transpose(1, 2).reshape(b, lq, -1)
 

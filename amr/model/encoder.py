@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from amr.model.attention import SelfProjectedAttention
 from amr.model.dropout import Dropout
+from amr.model.prelu import PReLU
 
 T2VMask = Literal["official", "per_sample"]
 
@@ -45,7 +46,7 @@ class _FFN(nn.Module):
         self.linear1 = nn.Linear(dim, ffn_dim)
         self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, dim)
-        self.activation = nn.PReLU()  # learnable, one scalar per layer (init 0.25)
+        self.activation = PReLU()  # learnable, one scalar per layer (init 0.25)
 
     def ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
