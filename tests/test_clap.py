@@ -351,6 +351,22 @@ def test_extract_text_with_versions_feeds_the_data_layer(clap, tmp_path) -> None
     assert not (tmp_path / "x").exists()
 
 
+@needs_msclap
+def test_missing_hub_files_offline_are_one_line_errors(clap, audio_dir, tmp_path) -> None:
+    env_root = tmp_path / "empty"  # an empty Hugging Face cache, offline
+    env_root.mkdir()
+    args = ["extract-audio", "--audio-dir", str(audio_dir), "--out", str(tmp_path / "f")]
+    proc = _amr(args, env_root, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: microsoft/msclap: cannot get CLAP_weights_2023.pth (LocalEntryNotFoundError); pass --clap-weights PATH"
+    ]
+    proc = _amr([*args, "--clap-weights", str(clap / "clap_weights.pth")], env_root, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: gpt2: cannot load the text encoder")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "f" / "clap").exists() or not any((tmp_path / "f" / "clap").iterdir())
+
+
 def _random_checkpoint(path: Path, **model) -> Path:
     from amr.config import LossCfg, ModelCfg, OptimCfg
     from amr.lit_module import MomentRetrievalModule

@@ -121,11 +121,24 @@ class ClapEncoder:
         if weights is None:
             from huggingface_hub import hf_hub_download
 
-            weights = hf_hub_download(HUB_REPO, HUB_FILE)
+            try:
+                weights = hf_hub_download(HUB_REPO, HUB_FILE)
+            except Exception as e:  # offline, no cache, hub error: one line, with the way out
+                raise InputError(
+                    f"cannot get {HUB_FILE} ({type(e).__name__}); pass --clap-weights PATH", HUB_REPO
+                ) from None
         path = Path(weights)
         if not path.is_file():
             raise InputError("MS-CLAP weights file not found", path)
-        self.clap: Any = new_clap(cfg)
+        try:
+            self.clap: Any = new_clap(cfg)
+        except OSError as e:  # msclap resolves its text encoder by hub name, even with local weights
+            name = cfg["text_model"]
+            raise InputError(
+                f"cannot load the text encoder's config and tokenizer ({type(e).__name__}); msclap needs "
+                f"'{name}' in the Hugging Face cache (run once online, or set HF_HOME to a cache holding it)",
+                name,
+            ) from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # older checkpoints pickle more than tensors; this is the file msclap itself loads
