@@ -6,7 +6,7 @@ pays page faults and the kernel's zeroing of fresh pages for every one of them: 
 fresh tensors ran at half speed. Keeping them on the heap and never trimming it lets freed memory
 be reused at once (the resident size stays at the peak of a step instead of shrinking between
 steps). Applied by ``amr-train`` and the benchmarks; a no-op where the C library has no
-``mallopt`` (non-glibc systems).
+``mallopt`` (non-glibc systems) or with ``AMR_TUNE_MALLOC=0``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def tune_allocator() -> bool:
     global _done
     if _done:
         return True
+    if os.environ.get("AMR_TUNE_MALLOC", "1") == "0":
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
