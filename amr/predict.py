@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from amr.data.features import AUDIO_KEY, FEAT_DIM, check_features, l2_normalize, load_npz_array
+from amr.data.features import AUDIO_KEY, check_features, l2_normalize, load_npz_array
 from amr.errors import InputError
 
 if TYPE_CHECKING:
@@ -206,7 +206,8 @@ class Predictor:
         query: str | np.ndarray | torch.Tensor,
         top_k: int = 5,
     ) -> list[Moment]:
-        """The ``top_k`` moments of ``query`` in the recording, best first.
+        """The ``top_k`` moments of ``query`` in the recording, best first. For several queries on
+        one recording, pass ``self.audio_features(path)`` so that its audio goes through CLAP once.
 
         A recording of at most ``max_frames`` frames gets the official post-processing (integer
         seconds, ranked by confidence, no suppression), clamped to the recording instead of 300 s;
@@ -216,14 +217,7 @@ class Predictor:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         frames = self.audio_features(audio_or_features)
         txt = self.text_features(query)
-        if frames.shape[1] != FEAT_DIM or txt.shape[1] != FEAT_DIM:
-            raise InputError(f"features must be {FEAT_DIM} wide", "<input>")
         rows = self._windows(frames, txt)
         if len(frames) > self.max_frames:
-            rows = merge(rows, self.nms_iou)
+            rows = merge(rows, self.nms_iou, top_k)
         return [Moment(*r) for r in rows[:top_k]]
-
-    def predict_many(self, audio_or_features: Any, queries: Sequence[str], top_k: int = 5) -> list[list[Moment]]:
-        """Several queries on one recording: its audio goes through CLAP once."""
-        frames = self.audio_features(audio_or_features)
-        return [self.predict(frames, q, top_k) for q in queries]

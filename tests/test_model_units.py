@@ -217,3 +217,23 @@ def test_allocator_tuning_is_idempotent() -> None:
         x = torch.arange(10_000_000, dtype=torch.float64)
         assert x[-1].item() == 9_999_999 and x.sum().item() == 9_999_999 * 10_000_000 / 2
         del x
+
+
+def test_fast_dropout_thread_is_restarted_in_a_forked_child() -> None:
+    """A child forked after the dropout thread started must not wait on the parent's thread."""
+    import multiprocessing as mp
+
+    from amr.model.dropout import uniform_
+
+    uniform_(torch.empty(600_000))  # starts the helper thread here
+    with mp.get_context("fork").Pool(1) as pool:
+        mean = pool.apply_async(_child_uniform_mean).get(timeout=60)
+    assert abs(mean - 0.5) < 0.01
+
+
+def _child_uniform_mean() -> float:
+    import numpy as np
+
+    from amr.model.dropout import uniform_
+
+    return float(np.mean(uniform_(torch.empty(600_000)).numpy()))  # no OpenMP region in the child

@@ -11,6 +11,7 @@ Output layout, ``FEATURES_DIR`` being e.g. ``features/castella``::
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,18 +71,6 @@ def embed_windows(encoder: ClapEncoder, win: np.ndarray, batch_size: int) -> np.
     return np.concatenate(parts, 0)
 
 
-def audio_features(
-    encoder: ClapEncoder,
-    path: Path,
-    max_seconds: float | None = 300.0,
-    centered: bool = False,
-    channel: Channel = "first",
-    batch_size: int = 64,
-) -> np.ndarray:
-    """(T, 768) CLAP frames of one file; T = floor(seconds), + 1 when ``centered``."""
-    return embed_windows(encoder, audio_windows(path, max_seconds, centered, channel), batch_size)
-
-
 def _prefetch(
     paths: Sequence[Path], load: Callable[[Path], np.ndarray]
 ) -> Iterator[tuple[Path, np.ndarray | Exception]]:
@@ -94,12 +83,11 @@ def _prefetch(
             except InputError as e:
                 return e
 
-        futures = [pool.submit(safe, p) for p in paths[:2]]
+        pending = deque(pool.submit(safe, p) for p in paths[:2])
         for i, p in enumerate(paths):
-            result = futures[i].result()
+            result = pending.popleft().result()
             if i + 2 < len(paths):
-                futures.append(pool.submit(safe, paths[i + 2]))
-            futures[i] = None  # type: ignore[call-overload]  # release the samples
+                pending.append(pool.submit(safe, paths[i + 2]))
             yield p, result
 
 

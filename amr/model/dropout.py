@@ -15,6 +15,7 @@ dtypes, the framework's fused dropout is used.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +24,14 @@ from torch import Tensor, nn
 
 _SPLIT = 1 << 18  # tensors at least this large are filled as two streams
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:  # a forked child has the pool object but not its thread
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _fill(seed: int, stream: int, out: np.ndarray) -> None:
@@ -39,14 +48,15 @@ def uniform_(out: Tensor) -> Tensor:
         _fill(seed, 0, flat)
         return out
     half = n // 2
-    if torch.get_num_threads() < 2:
-        _fill(seed, 1, flat[half:])
-    else:
+    job = None
+    if torch.get_num_threads() >= 2:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amr-dropout")
         job = _pool.submit(_fill, seed, 1, flat[half:])  # numpy releases the GIL while filling
+    else:
+        _fill(seed, 1, flat[half:])
     _fill(seed, 0, flat[:half])
-    if torch.get_num_threads() >= 2:
+    if job is not None:
         job.result()
     return out
 
