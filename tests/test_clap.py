@@ -271,20 +271,9 @@ def test_extract_text_with_versions_feeds_the_data_layer(clap, tmp_path) -> None
     para.write_text("".join(json.dumps(v) + "\n" for v in versions))
     feat = root / "features" / "castella"
     weights = str(clap / "clap_weights.pth")
-    proc = _amr(
-        [
-            "extract-text",
-            "--annotations",
-            str(layout.annotations("train")),
-            "--paraphrases",
-            str(para),
-            "--out",
-            str(feat),
-            "--clap-weights",
-            weights,
-        ],
-        clap,
-    )
+    argv = ["extract-text", "--annotations", str(layout.annotations("train")), "--paraphrases", str(para)]
+    argv += ["--out", str(feat), "--clap-weights", weights]
+    proc = _amr(argv, clap)
     assert "5 text feature file(s) written, 0 already present, 0 failed" in proc.stdout
     tok = _tokenizer(clap)
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -312,20 +301,7 @@ def test_extract_text_with_versions_feeds_the_data_layer(clap, tmp_path) -> None
     assert {ds[i]["version"] for i in range(len(ds))} <= {None, "de"}
 
     # a rerun writes nothing; a whitespace-only version text is a one-line error before any work
-    proc = _amr(
-        [
-            "extract-text",
-            "--annotations",
-            str(layout.annotations("train")),
-            "--paraphrases",
-            str(para),
-            "--out",
-            str(feat),
-            "--clap-weights",
-            weights,
-        ],
-        clap,
-    )
+    proc = _amr(argv, clap)
     assert "0 text feature file(s) written, 5 already present" in proc.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
