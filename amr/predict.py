@@ -179,14 +179,14 @@ class Predictor:
     @torch.inference_mode()
     def _windows(self, frames: np.ndarray, txt: np.ndarray) -> list[list[float]]:
         """Candidates of every window, in seconds of the whole recording (1 frame per second)."""
+        from amr.data.dataset import time_features
         from amr.model import postprocess
 
         norm = l2_normalize(frames)
         n = len(norm)
         size = min(n, self.max_frames)
         starts = window_starts(n, size)
-        tef_st = np.arange(size, dtype=np.float32) / size
-        tef = np.stack([tef_st, tef_st + 1.0 / size], 1)
+        tef = time_features(size)  # as the training items get them
         aud = np.stack([np.concatenate([norm[s : s + size], tef], 1) for s in starts])
         b = len(starts)
         inputs = {

@@ -43,7 +43,7 @@ def build_text_model(hf_home: Path, sentences: Sequence[str], vocab_size: int = 
     from tokenizers import ByteLevelBPETokenizer
     from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
 
-    repo = hf_hub_cache(hf_home) / "models--gpt2"
+    repo = Path(hf_home) / "hub" / "models--gpt2"
     snap = repo / "snapshots" / COMMIT
     snap.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,10 +72,6 @@ def build_text_model(hf_home: Path, sentences: Sequence[str], vocab_size: int = 
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)
     return snap
-
-
-def hf_hub_cache(hf_home: Path) -> Path:
-    return Path(hf_home) / "hub"
 
 
 def build_weights(path: Path, seed: int = 0) -> Path:

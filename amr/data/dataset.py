@@ -51,6 +51,12 @@ def time_mask_span(n_frames: int, cfg: TimeMaskConfig, u: Sequence[float]) -> tu
     return start, length
 
 
+def time_features(n: int) -> np.ndarray:
+    """(n, 2) official time features [i/n, i/n + 1/n] appended to the audio frames."""
+    st = np.arange(n, dtype=np.float32) / n
+    return np.stack([st, st + 1.0 / n], 1)
+
+
 def _two_distinct(lo: int, n: int, u1: float, u2: float) -> list[int]:
     """Two distinct integers drawn uniformly from lo..lo+n-1 (n >= 2)."""
     a = int(u1 * n)
@@ -185,11 +191,10 @@ class MomentDataset(Dataset):
         self.epoch = epoch
 
     def _time_features(self, n: int) -> np.ndarray:
-        """(n, 2) official time features [i/n, i/n + 1/n], computed once per length."""
+        """:func:`time_features`, computed once per length."""
         tef = self._tef.get(n)
         if tef is None:
-            st = np.arange(n, dtype=np.float32) / n
-            tef = self._tef[n] = np.stack([st, st + 1.0 / n], 1)
+            tef = self._tef[n] = time_features(n)
         return tef
 
     def draws(self, index: int) -> np.ndarray:
