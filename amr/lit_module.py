@@ -16,11 +16,20 @@ from amr.model import QDDETR, QDDETRConfig, build_criterion, postprocess
 LOG_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """The official AdamW, with torch's fused kernel (same update, one pass) where it exists."""
+def adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, fused: bool = True
+) -> torch.optim.AdamW:
+    """The official AdamW, with torch's fused kernel (same update, one pass) where it exists and
+    ``fused`` allows it. Mixed precision must pass ``fused=False``: Lightning refuses gradient
+    clipping with a fused optimizer under its AMP plugins (bf16-mixed included)."""
     params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params)
+    fused = fused and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params
+    )
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+FULL_PRECISION = {"32-true", "32", "64-true", "64"}
 
 
 class MomentRetrievalModule(pl.LightningModule):
@@ -117,7 +126,10 @@ class MomentRetrievalModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = adamw(
-            self.parameters(), lr=self.hparams["optim"]["lr"], weight_decay=self.hparams["optim"]["weight_decay"]
+            self.parameters(),
+            lr=self.hparams["optim"]["lr"],
+            weight_decay=self.hparams["optim"]["weight_decay"],
+            fused=str(self.trainer.precision) in FULL_PRECISION,
         )
         # Stepped once per epoch; with the official lr_drop 400 > epochs the rate stays constant.
         sched = torch.optim.lr_scheduler.StepLR(

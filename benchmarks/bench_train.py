@@ -18,7 +18,7 @@ from amr.runtime import tune_allocator
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
 
 SHAPES = {"clotho_moment": (61, 61), "castella": (120, 300)}  # (min, max) audio frames per sample
-PAIRED_STEPS = {"clotho_moment": 20, "castella": 5}
+PAIRED = {"clotho_moment": (6, 5), "castella": (3, 3)}  # CPU (rounds, block) beside the official code
 
 
 def make_batch(b: int, frames: tuple[int, int], device: str, seed: int = 0) -> tuple[dict, dict]:
@@ -103,35 +103,45 @@ def train_step(
     return step
 
 
+def autocast(device: str, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast context of a Lightning precision setting ("32-true", "bf16-mixed", "16-mixed")."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device, dtype=dtype)
+
+
+def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
+    return torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
+
+
 def our_step(device: str, precision: str, shape: str, batch: int = 32) -> tuple[Callable[[], None], int]:
     """A timed step of amr's model on a fixed batch, and its FLOPs."""
     torch.manual_seed(0)
     model = QDDETR().to(device).train()
     criterion = build_criterion().to(device)
-    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4)  # as the LightningModule builds it
+    # as the LightningModule builds it: fused only at full precision
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=precision == "32-true")
     inputs, targets = make_batch(batch, SHAPES[shape], device)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device, dtype=dtype)
+    cast = autocast(device, precision)
 
     def loss() -> torch.Tensor:
-        with autocast():
+        with cast():
             return criterion.total(criterion(model(**inputs), targets))
 
     with FlopCounterMode(display=False) as fc:
         loss().backward()
     opt.zero_grad(set_to_none=True)
-    return train_step(model, opt, loss, device, scaler), fc.get_total_flops()
+    return train_step(model, opt, loss, device, grad_scaler(precision)), fc.get_total_flops()
 
 
-def official_step(src: str, shape: str, batch: int = 32) -> Callable[[], None]:
+def official_step(
+    src: str, shape: str, batch: int = 32, device: str = "cpu", precision: str = "32-true"
+) -> Callable[[], None]:
     """A timed step of the official baseline's own code on the same batch, when a checkout of it
     is given (``AMR_OFFICIAL_SRC=.../dcase2026_task6_baseline/src``); nothing of it ships here.
-    Built as the official ``train.py`` builds it (plain AdamW)."""
+    Built as the official ``train.py`` builds it (plain AdamW); mixed precision by autocast, as
+    for ours."""
     import sys
     import types
 
@@ -139,7 +149,7 @@ def official_step(src: str, shape: str, batch: int = 32) -> Callable[[], None]:
     from qd_detr import build_model  # type: ignore[import-not-found]
 
     args = types.SimpleNamespace(
-        device="cpu",
+        device=device,
         hidden_dim=256,
         dropout=0.1,
         nheads=8,
@@ -168,29 +178,33 @@ def official_step(src: str, shape: str, batch: int = 32) -> Callable[[], None]:
     )
     torch.manual_seed(0)
     model, criterion = build_model(args)
-    model.train()
+    model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-    inputs, targets = make_batch(batch, SHAPES[shape], "cpu")
+    inputs, targets = make_batch(batch, SHAPES[shape], device)
+    cast = autocast(device, precision)
 
     def loss() -> torch.Tensor:
-        losses = criterion(model(**inputs), targets)
-        return sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
+        with cast():
+            losses = criterion(model(**inputs), targets)
+            return sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
 
-    return train_step(model, opt, loss, "cpu")
+    return train_step(model, opt, loss, device, grad_scaler(precision))
 
 
-def paired_medians(a: Callable[[], None], b: Callable[[], None], steps: int, warmup: int = 2) -> tuple[float, float]:
-    """Median step times of two steps run alternately (machine drift hits both alike)."""
-    for _ in range(warmup):
-        a()
-        b()
-    ta, tb = [], []
-    for _ in range(steps):
-        for fn, acc in ((a, ta), (b, tb)):
-            t = time.perf_counter()
+def paired_medians(a: Callable[[], None], b: Callable[[], None], rounds: int, block: int) -> tuple[float, float]:
+    """Median step times of two steps measured in alternating blocks of ``block`` steps, the first
+    step of each block untimed: machine drift hits both alike, and every timed step follows a step
+    of its own model, as in training (strict one-one alternation makes each step start with the
+    other model's memory in cache and heap, which is no training run's situation)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, acc in zip((a, b), times, strict=True):
             fn()
-            acc.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+            for _ in range(block - 1):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
@@ -199,36 +213,53 @@ def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: 
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", action="append", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
+    args = ap.parse_args(argv)
     tune_allocator()  # as amr-train does; the official code, measured in this process, gets it too
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    src = os.environ.get("AMR_OFFICIAL_SRC")
     res: dict = {}
     rows = []
     peak = {}
     for device in devices:
-        peak[device] = matmul_peak_gflops(device, torch.float32 if device == "cpu" else torch.bfloat16)
+        peak[device] = (
+            matmul_peak_gflops("cpu") if device == "cpu" else matmul_peak_gflops(device, torch.bfloat16, n=8192)
+        )
         precisions = ["32-true"] if device == "cpu" else ["32-true", "bf16-mixed", "16-mixed"]
         for precision in precisions:
             for shape in SHAPES:
                 key = f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
-                r = bench_step(device, precision, shape)
+                r = bench_step(device, precision, shape, steps=8 if device == "cpu" else 30)
                 r["share_of_matmul_peak"] = r["gflops_per_s"] / peak[device]
                 res[key] = r
                 rows.append(
                     [
                         key,
-                        f"{r['median_s']:.3f}",
+                        f"{r['median_s']:.4f}",
                         f"{r['flops'] / 1e9:.1f}",
                         f"{r['gflops_per_s']:.1f}",
                         f"{100 * r['share_of_matmul_peak']:.0f}%",
                     ]
                 )
-    src = os.environ.get("AMR_OFFICIAL_SRC")
-    if src:
+        if not src:
+            continue
+        # the official code beside ours, one step of each in turn
+        precision = "32-true" if device == "cpu" else "bf16-mixed"
         for shape in SHAPES:
-            steps = PAIRED_STEPS[shape]
-            ours, official = paired_medians(our_step("cpu", "32-true", shape)[0], official_step(src, shape), steps)
-            res[f"official-cpu-fp32-{shape}-b32"] = {
+            rounds, block = PAIRED[shape] if device == "cpu" else (5, 11)
+            steps = rounds * (block - 1)
+            ours, official = paired_medians(
+                our_step(device, precision, shape)[0],
+                official_step(src, shape, device=device, precision=precision),
+                rounds,
+                block,
+            )
+            tag = f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
+            res[f"official-{tag}"] = {
                 "median_s": official,
                 "ours_median_s_same_run": ours,
                 "ours_over_official": ours / official,
@@ -236,14 +267,17 @@ def main() -> dict:
             }
             rows.append(
                 [
-                    f"official {shape}, alternating with ours x{steps}",
-                    f"{official:.3f}",
+                    f"official {tag}, in blocks beside ours, {steps} steps each",
+                    f"{official:.4f}",
                     "",
                     "",
-                    f"ours {ours:.3f} s = {ours / official:.2f}x",
+                    f"ours {ours:.4f} s = {ours / official:.2f}x",
                 ]
             )
     res["peak_rss_mb"] = peak_rss_mb()
+    if "cuda" in devices:
+        res["cuda_device"] = torch.cuda.get_device_name()
+        res["cuda_peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
     print(table(rows, ["step", "median s", "GFLOP", "GFLOP/s", "of peak"]))
     update_report("train_step", res)
@@ -252,5 +286,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    t0 = time.perf_counter()
     main()

@@ -223,17 +223,17 @@ def test_fast_dropout_thread_is_restarted_in_a_forked_child() -> None:
     """A child forked after the dropout thread started must not wait on the parent's thread."""
     import multiprocessing as mp
 
-    from amr.model.dropout import uniform_
+    from amr.model.dropout import keep_mask
 
-    uniform_(torch.empty(600_000))  # starts the helper thread here
+    keep_mask((600_000,), 0.5)  # starts the helper thread here
     with mp.get_context("fork").Pool(1) as pool:
-        mean = pool.apply_async(_child_uniform_mean).get(timeout=60)
-    assert abs(mean - 0.5) < 0.01
+        mean = pool.apply_async(_child_keep_share).get(timeout=60)
+    assert abs(mean - 0.7) < 0.01
 
 
-def _child_uniform_mean() -> float:
+def _child_keep_share() -> float:
     import numpy as np
 
-    from amr.model.dropout import uniform_
+    from amr.model.dropout import keep_mask
 
-    return float(np.mean(uniform_(torch.empty(600_000)).numpy()))  # no OpenMP region in the child
+    return float(np.mean(keep_mask((600_000,), 0.3).numpy()))  # no OpenMP region in the child

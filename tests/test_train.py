@@ -51,6 +51,16 @@ def test_every_experiment_runs_a_few_steps(root, experiment) -> None:
     assert (root / "runs" / f"fdr_{experiment}" / "test_metrics.json").is_file()
 
 
+def test_mixed_precision_trains_with_gradient_clipping(root) -> None:
+    """bf16-mixed goes through Lightning's AMP plugin, which refuses to clip the gradients of a fused
+    optimizer: the module must build a plain AdamW there (the same plugin path as on a GPU)."""
+    cfg = _cfg(root, "bf16", "trainer.precision=bf16-mixed", "+trainer.fast_dev_run=2", "pretrain=none")
+    results = train(cfg)
+    assert cfg.trainer.gradient_clip_val == 0.1
+    assert set(results) == {"val", "test"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in results["test"]["brief"].values())
+
+
 def test_seed_systems_differ_only_in_augmentation(root) -> None:
     cfgs = {e: _cfg(root, "same", f"experiment={e}") for e in ("baseline", "system1", "system2")}
     strip = lambda c: {k: v for k, v in c.items() if k not in ("augment", "experiment_name")}  # noqa: E731

@@ -3,10 +3,11 @@
 A baseline training step drops ~35 M elements (more than 90 M for 300-frame batches), and on CPU
 drawing them costs as much as a large share of the matrix products: ``nn.Dropout`` uses
 ``bernoulli_``, about twice the cost of ``torch.rand``, which itself runs one sequential Mersenne
-Twister. Here the uniforms come from numpy's PCG64 (24-bit float32 uniforms, like ``torch.rand``),
-split into two streams filled on two threads for large tensors. An element is kept when
-``u >= p`` (probability 1 - p, as before) and scaled by 1 / (1 - p); the 0/1 mask is made in the
-uniforms' own buffer, and forward and backward are one fused multiply each.
+Twister. Here each element gets one uniform 32-bit integer from numpy's SFC64 (two per 64-bit
+output, the cheapest of numpy's generators), split into two streams filled on two threads for
+large tensors. An element is kept when ``u >= round(p * 2**32)``: dropped with probability ``p``
+to within 2**-33 (``torch.rand`` resolves only 2**-24). The compare writes the 0/1 float mask
+directly, and forward and backward are one fused multiply each, scaled by 1 / (1 - p).
 
 Each call draws its stream seeds from torch's global generator: ``torch.manual_seed`` makes the
 masks reproducible, independent of the number of threads. On accelerators, and for other
@@ -34,28 +35,29 @@ def _forget_pool() -> None:  # a forked child has the pool object but not its th
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _fill(seed: int, stream: int, out: np.ndarray) -> None:
-    np.random.Generator(np.random.PCG64([seed, stream])).random(dtype=np.float32, out=out)
+def _fill(seed: int, stream: int, threshold: int, out: np.ndarray) -> None:
+    """out[i] = 1.0 if the stream's i-th uniform 32-bit integer >= threshold else 0.0."""
+    words = np.random.SFC64([seed, stream]).random_raw((out.size + 1) // 2).view(np.uint32)[: out.size]
+    np.greater_equal(words, np.uint32(threshold), out=out, casting="unsafe")  # numpy releases the GIL
 
 
-def uniform_(out: Tensor) -> Tensor:
-    """Fill a contiguous float32 CPU tensor with U[0, 1) draws; returns ``out``."""
+def _keep_into(out: Tensor, threshold: int) -> Tensor:
     global _pool
     seed = int(torch.randint(0, 2**62, (1,)).item())
     flat = out.view(-1).numpy()
     n = flat.size
     if n < _SPLIT:
-        _fill(seed, 0, flat)
+        _fill(seed, 0, threshold, flat)
         return out
     half = n // 2
     job = None
     if torch.get_num_threads() >= 2:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amr-dropout")
-        job = _pool.submit(_fill, seed, 1, flat[half:])  # numpy releases the GIL while filling
+        job = _pool.submit(_fill, seed, 1, threshold, flat[half:])
     else:
-        _fill(seed, 1, flat[half:])
-    _fill(seed, 0, flat[:half])
+        _fill(seed, 1, threshold, flat[half:])
+    _fill(seed, 0, threshold, flat[:half])
     if job is not None:
         job.result()
     return out
@@ -63,7 +65,8 @@ def uniform_(out: Tensor) -> Tensor:
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> Tensor:
     """float32 0/1 mask, 1 with probability 1 - p (the 1 / (1 - p) scale is applied with it)."""
-    return uniform_(torch.empty(shape, dtype=torch.float32)).ge_(p)
+    threshold = min(round(p * 2**32), 2**32 - 1)
+    return _keep_into(torch.empty(shape, dtype=torch.float32), threshold)
 
 
 _ZERO = torch.zeros(())

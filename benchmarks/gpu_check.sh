@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# GPU check in one go: training-step timings at fp32 / bf16-mixed / 16-mixed (and, when
+# AMR_OFFICIAL_SRC names the official baseline's src/, its bf16-mixed step beside ours), then the
+# `make run` recipe trained end to end at bf16-mixed and at 32-true on the GPU, each timed.
+# Usage: bash benchmarks/gpu_check.sh [OUT_DIR] [all|bench|train]
+# (logs and JSON land in OUT_DIR, default outputs/gpu_check)
+set -euo pipefail
+out=${1:-outputs/gpu_check}
+part=${2:-all}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, '| lightning', pl.__version__)" |
+    tee -a "$out/gpu.txt"
+
+if [[ $part != train ]]; then
+    python3 -m benchmarks.bench_train --device cuda 2>&1 | tee "$out/bench_train.log"
+    cp outputs/bench/latest.json "$out/bench_train.json"
+fi
+[[ $part == bench ]] && exit 0
+
+# the synthetic datasets first, so that neither timed run pays for writing them
+python3 -c "from amr.data.synth import generate as g; g('data/synthetic/seed0_scale1.0', 'clotho_moment', 0, 1.0); g('data/synthetic/seed0_scale0.5', 'castella', 0, 0.5)"
+recipe=(experiment=system1 data.synthetic.scale=0.5 pretrain.max_epochs=7 train.max_epochs=8 trainer=gpu logger=csv)
+stamp=$(date +%Y%m%d-%H%M%S)
+for precision in bf16-mixed 32-true; do
+    t0=$(date +%s.%N)
+    python3 -m amr.train "${recipe[@]}" "trainer.precision=$precision" \
+        "hydra.run.dir=outputs/runs/gpu_check/$stamp-$precision" 2>&1 | tee "$out/train-$precision.log"
+    t1=$(date +%s.%N)
+    python3 -c "print(f'train {\"$precision\"}: {$t1 - $t0:.1f} s wall, pretrain + fine-tune + test, synthetic data')" |
+        tee -a "$out/summary.txt"
+    grep -A6 "best checkpoint" "$out/train-$precision.log" | tee -a "$out/summary.txt"
+done
