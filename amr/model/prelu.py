@@ -23,7 +23,7 @@ class _PReLUFn(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         grad_x = torch.ops.aten.leaky_relu_backward(grad, x, float(weight), False)
-        grad_w = torch.dot(grad.reshape(-1), x.clamp(max=0.0).reshape(-1)).reshape(weight.shape)
+        grad_w = torch.dot(grad.reshape(-1), torch.clamp_max(x, 0.0).reshape(-1)).reshape(weight.shape)
         return grad_x, grad_w
 
 
