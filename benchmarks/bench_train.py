@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("matmul peak (2048^2): " + ", ".join(f"{d} {p:.1f} GFLOP/s" for d, p in peak.items()))
     print(table(rows, ["step", "median s", "GFLOP", "GFLOP/s", "of peak"]))
     update_report("train_step", res)
-    update_report("machine_peak", {"matmul_peak_gflops": peak})
+    update_report("machine", {"matmul_peak_gflops": peak})
     return res
 
 

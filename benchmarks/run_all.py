@@ -1,19 +1,27 @@
-"""`make bench`: every benchmark; figures printed and merged into outputs/bench/latest.json."""
+"""`make bench`: every benchmark, each in its own process (so that each one's peak RSS is its own);
+figures printed and merged into outputs/bench/latest.json."""
 
 from __future__ import annotations
 
-from benchmarks import bench_backtranslate, bench_data, bench_eval, bench_train
+import subprocess
+import sys
+
+BENCHMARKS = (
+    ("data", "bench_data"),
+    ("eval", "bench_eval"),
+    ("train step", "bench_train"),
+    ("back-translation", "bench_backtranslate"),
+)
 
 
 def main() -> None:
-    for name, mod in (
-        ("data", bench_data),
-        ("eval", bench_eval),
-        ("train step", bench_train),
-        ("back-translation", bench_backtranslate),
-    ):
-        print(f"\n## {name}")
-        mod.main()
+    failed = []
+    for title, module in BENCHMARKS:
+        print(f"\n## {title}", flush=True)
+        if subprocess.run([sys.executable, "-m", f"benchmarks.{module}"], check=False).returncode:
+            failed.append(module)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
