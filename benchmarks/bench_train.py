@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from amr.lit_module import adamw
+from amr.lit_module import FULL_PRECISION, adamw
 from amr.model import QDDETR, build_criterion
 from amr.runtime import tune_allocator
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
@@ -121,7 +121,7 @@ def our_step(device: str, precision: str, shape: str, batch: int = 32) -> tuple[
     model = QDDETR().to(device).train()
     criterion = build_criterion().to(device)
     # as the LightningModule builds it: fused only at full precision
-    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=precision == "32-true")
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=precision in FULL_PRECISION)
     inputs, targets = make_batch(batch, SHAPES[shape], device)
     cast = autocast(device, precision)
 
@@ -207,6 +207,11 @@ def paired_medians(a: Callable[[], None], b: Callable[[], None], rounds: int, bl
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def step_key(device: str, precision: str, shape: str) -> str:
+    """Report key, e.g. ``cpu-fp32-clotho_moment-b32``."""
+    return f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
+
+
 def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
     step, flops = our_step(device, precision, shape, batch)
     t = median_time(step, repeat=steps, warmup=2)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         precisions = ["32-true"] if device == "cpu" else ["32-true", "bf16-mixed", "16-mixed"]
         for precision in precisions:
             for shape in SHAPES:
-                key = f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
+                key = step_key(device, precision, shape)
                 r = bench_step(device, precision, shape, steps=8 if device == "cpu" else 30)
                 r["share_of_matmul_peak"] = r["gflops_per_s"] / peak[device]
                 res[key] = r
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rounds,
                 block,
             )
-            tag = f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
+            tag = step_key(device, precision, shape)
             res[f"official-{tag}"] = {
                 "median_s": official,
                 "ours_median_s_same_run": ours,
