@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from amr.data.annotations import load_annotations, summarize
+    from amr.data.annotations import load_annotations, split_stats
     from amr.data.synth import generate
 
     layout = generate(args.out, preset=args.preset, seed=args.seed, scale=args.scale)
     for split in ("train", "val", "test"):
-        s = summarize(load_annotations(layout.annotations(split)))
+        s = split_stats(load_annotations(layout.annotations(split)))
         print(
             f"{layout.name} {split}: {s['queries']} queries, {s['recordings']} recordings, {s['windows']} windows, "
             f"mean duration {s['mean_duration_s']:.0f} s, mean window {s['mean_window_s']:.1f} s"
@@ -52,32 +52,29 @@ def _submission(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    import torch
-
-    from amr.config import LossCfg, ModelCfg, OptimCfg
-    from amr.lit_module import MomentRetrievalModule
-    from amr.model import from_official
-
-    model = from_official(args.checkpoint, t2v_mask=args.t2v_mask)
     from dataclasses import asdict
 
-    module_cfg = asdict(ModelCfg(t2v_mask=args.t2v_mask))
-    module = MomentRetrievalModule(model=module_cfg, loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
-    module.model.load_state_dict(model.state_dict())
-    out = Path(args.out)
-    if out.exists():
-        raise InputError("output exists; refusing to overwrite", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": "2",
-            "amr": {"t2v_mask": args.t2v_mask, "source": str(args.checkpoint)},
-        },
-        out,
+    from amr.checkpoints import load_official, write_weights
+    from amr.config import LossCfg, ModelCfg, OptimCfg
+    from amr.lit_module import MomentRetrievalModule
+
+    if Path(args.out).exists():
+        raise InputError("output exists; refusing to overwrite", args.out)
+    model = load_official(args.checkpoint, t2v_mask=args.t2v_mask)
+    module = MomentRetrievalModule(
+        model=asdict(ModelCfg(t2v_mask=args.t2v_mask)), loss=asdict(LossCfg()), optim=asdict(OptimCfg())
     )
-    print(f"Lightning checkpoint written to {out}")
+    module.model.load_state_dict(model.state_dict())
+    write_weights(args.out, module.state_dict(), dict(module.hparams))
+    print(f"amr checkpoint written to {args.out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from amr.checkpoints import export
+
+    out = export(args.checkpoint, args.out)
+    mb = out.stat().st_size / 2**20
+    print(f"weights and config of {args.checkpoint} written to {out} ({mb:.1f} MB)")
 
 
 def _backtranslate(args: argparse.Namespace) -> None:
@@ -120,15 +117,15 @@ def _submit(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader
 
+    from amr.checkpoints import load_model
     from amr.data.dataset import MomentDataset, SplitData, collate
     from amr.data.features import Layout
+    from amr.inference import predict_batch
     from amr.metrics.predictions import write_predictions, write_submission
-    from amr.model import postprocess
-    from amr.predict import load_module
 
     if args.out.exists():
         raise InputError("output exists; refusing to overwrite", args.out)
-    model = load_module(args.ckpt).model  # checked before the features are read
+    model = load_model(args.ckpt)  # checked before the features are read
     layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
     annotations = (
         Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
@@ -138,11 +135,7 @@ def _submit(args: argparse.Namespace) -> None:
     lines = []
     with torch.inference_mode():
         for batch in loader:
-            ranked = postprocess(model(**batch["inputs"]), batch["duration"].tolist())
-            for meta, rows in zip(batch["meta"], ranked, strict=True):
-                lines.append(
-                    {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": rows}
-                )
+            lines += predict_batch(model, batch).lines
     write_predictions(args.out.with_suffix(".scores.jsonl"), lines)
     write_submission(args.out, lines)
     print(f"{len(lines)} queries: submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
@@ -188,24 +181,17 @@ def _extract_text(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
+    from amr.predict import Predictor, read_recording
+
     queries = list(args.query)
     if args.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {args.top_k}", "--top-k")
     for q in queries:
         if not q.strip():
             raise InputError("query is empty (only whitespace)", "--query")
-    if not args.audio.is_file():
-        raise InputError("audio file not found", args.audio)
-    win = None
-    if args.audio.suffix != ".npz":  # bad audio fails before any model loads
-        from amr.clap.audio import audio_windows
-
-        win = audio_windows(args.audio, None, args.centered)
-    from amr.clap.extract import embed_windows
-    from amr.predict import Predictor
-
+    recording = read_recording(args.audio, args.centered)  # bad audio fails before any model loads
     predictor = Predictor(args.ckpt, args.clap_weights, args.device, args.centered, args.max_frames)
-    frames = predictor.audio_features(args.audio) if win is None else embed_windows(predictor.clap, win, 64)
+    frames = predictor.audio_features(recording)
     results = [(q, predictor.predict(frames, q, args.top_k)) for q in queries]
     if args.json:
         doc = [{"audio": str(args.audio), "query": q, "moments": [m.to_json() for m in ms]} for q, ms in results]
@@ -223,33 +209,14 @@ def _clap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amr", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _data_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands for synthetic data, caption versions and CLAP features."""
     s = sub.add_parser("synth", help="write a synthetic dataset in the official layout")
     s.add_argument("--preset", choices=["clotho_moment", "castella"], required=True)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, default=1.0, help="multiplies the number of recordings")
     s.set_defaults(fn=_synth)
-
-    e = sub.add_parser("evaluate", help="official metrics of a prediction file")
-    e.add_argument("pred", type=Path, help="prediction JSONL with [st, ed, score] rows")
-    e.add_argument("gt", type=Path, help="annotation JSONL with relevant_windows")
-    e.add_argument("--out", type=Path, help="write the full metrics JSON here")
-    e.add_argument("--allow-partial", action="store_true", help="score only the queries that were predicted")
-    e.add_argument(
-        "--allow-reversed",
-        action="store_true",
-        help="accept windows that end before they start (scored as the official evaluator does)",
-    )
-    e.set_defaults(fn=_evaluate)
-
-    m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
-    m.add_argument("pred", type=Path)
-    m.add_argument("--out", type=Path, required=True)
-    m.set_defaults(fn=_submission)
 
     b = sub.add_parser("backtranslate", help="paraphrase captions through pivot languages (OPUS-MT)")
     b.add_argument("annotations", nargs="+", type=Path, help="annotation JSONL file(s)")
@@ -266,26 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--num-beams", type=int, default=1)
     b.add_argument("--max-new-tokens", type=int, default=64)
     b.set_defaults(fn=_backtranslate)
-
-    r = sub.add_parser("report", help="multi-seed results table with bootstrap CIs, charts and curves")
-    r.add_argument("runs", nargs="+", type=Path, help="run or multirun folders")
-    r.add_argument("--by", default="", help="group by these override keys (default: all overrides but seed)")
-    r.add_argument("--out", type=Path, help="write table.md/csv/json and PNG charts here")
-    r.set_defaults(fn=_report)
-
-    k = sub.add_parser("compare", help="paired bootstrap over test queries: run B minus run A")
-    k.add_argument("run_a", type=Path)
-    k.add_argument("run_b", type=Path)
-    k.set_defaults(fn=_compare)
-
-    u = sub.add_parser("submit", help="DCASE evaluation-set submission from a checkpoint and the distributed features")
-    u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (best.ckpt, or a converted official one)")
-    u.add_argument("--data-root", required=True, type=Path, help="holds features/dcase2026_evaluation/{clap,clap_text}")
-    u.add_argument("--out", required=True, type=Path)
-    u.add_argument("--feat-dir", default="dcase2026_evaluation")
-    u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")
-    u.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/packs"))
-    u.set_defaults(fn=_submit)
 
     xa = sub.add_parser("extract-audio", help="MS-CLAP 2023 audio features (1 frame/s) of a folder of audio files")
     xa.add_argument("--audio-dir", required=True, type=Path)
@@ -307,6 +254,49 @@ def build_parser() -> argparse.ArgumentParser:
     _clap_options(xt)
     xt.set_defaults(fn=_extract_text)
 
+
+def _result_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands for scoring, submission files and reports."""
+    e = sub.add_parser("evaluate", help="official metrics of a prediction file")
+    e.add_argument("pred", type=Path, help="prediction JSONL with [st, ed, score] rows")
+    e.add_argument("gt", type=Path, help="annotation JSONL with relevant_windows")
+    e.add_argument("--out", type=Path, help="write the full metrics JSON here")
+    e.add_argument("--allow-partial", action="store_true", help="score only the queries that were predicted")
+    e.add_argument(
+        "--allow-reversed",
+        action="store_true",
+        help="accept windows that end before they start (scored as the official evaluator does)",
+    )
+    e.set_defaults(fn=_evaluate)
+
+    m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
+    m.add_argument("pred", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.set_defaults(fn=_submission)
+
+    r = sub.add_parser("report", help="multi-seed results table with bootstrap CIs, charts and curves")
+    r.add_argument("runs", nargs="+", type=Path, help="run or multirun folders")
+    r.add_argument("--by", default="", help="group by these override keys (default: all overrides but seed)")
+    r.add_argument("--out", type=Path, help="write table.md/csv/json and PNG charts here")
+    r.set_defaults(fn=_report)
+
+    k = sub.add_parser("compare", help="paired bootstrap over test queries: run B minus run A")
+    k.add_argument("run_a", type=Path)
+    k.add_argument("run_b", type=Path)
+    k.set_defaults(fn=_compare)
+
+
+def _model_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands for checkpoints and inference."""
+    u = sub.add_parser("submit", help="DCASE evaluation-set submission from a checkpoint and the distributed features")
+    u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (best.ckpt, or a converted official one)")
+    u.add_argument("--data-root", required=True, type=Path, help="holds features/dcase2026_evaluation/{clap,clap_text}")
+    u.add_argument("--out", required=True, type=Path)
+    u.add_argument("--feat-dir", default="dcase2026_evaluation")
+    u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")
+    u.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/packs"))
+    u.set_defaults(fn=_submit)
+
     pr = sub.add_parser("predict", help="moments of a text query in an audio file (or a features .npz)")
     pr.add_argument("--ckpt", required=True, type=Path)
     pr.add_argument("--audio", required=True, type=Path)
@@ -323,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out", type=Path)
     c.add_argument("--t2v-mask", choices=["official", "per_sample"], default="official")
     c.set_defaults(fn=_convert)
+
+    x = sub.add_parser("export", help="weights and config of a checkpoint, without optimizer state, for sharing")
+    x.add_argument("checkpoint", type=Path, help="best.ckpt or last.ckpt of a run")
+    x.add_argument("out", type=Path)
+    x.set_defaults(fn=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amr", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _result_commands, _model_commands):
+        add(sub)
     return p
 
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from amr.model.official import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
-from amr.model.qd_detr import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
+from amr.augment.caption_versions import PIVOTS
+from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
+from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
+from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 
-STAGES = ("pretrain", "finetune")
-PIVOTS = ("de", "fr", "es")
+STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
 
 
 @dataclass
@@ -50,6 +51,8 @@ class DataCfg:
 
 @dataclass
 class StageCfg:
+    """A training stage: the main one (``train``) or the optional pre-training (``pretrain``)."""
+
     max_epochs: int = 200
     batch_size: int = 32
     eval_batch_size: int = 100
@@ -58,7 +61,7 @@ class StageCfg:
 @dataclass
 class PretrainCfg(StageCfg):
     enabled: bool = True
-    data: DataCfg | None = None
+    data: DataCfg | None = None  # chosen by the ``pretrain`` config group
 
 
 @dataclass
@@ -70,13 +73,6 @@ class OptimCfg:
 
 
 @dataclass
-class TimeMaskCfg:
-    p: float = 0.15
-    max_ratio: float = 0.10
-    stages: list[str] = field(default_factory=list)
-
-
-@dataclass
 class BacktranslationCfg:
     pivots: list[str] = field(default_factory=list)
     stages: list[str] = field(default_factory=list)
@@ -84,7 +80,7 @@ class BacktranslationCfg:
 
 @dataclass
 class AugmentCfg:
-    time_mask: TimeMaskCfg = field(default_factory=TimeMaskCfg)
+    time_mask: TimeMaskConfig = field(default_factory=TimeMaskConfig)
     backtranslation: BacktranslationCfg = field(default_factory=BacktranslationCfg)
 
 
@@ -109,7 +105,6 @@ class PathsCfg:
 
 @dataclass
 class TrainConfig:
-    task_name: str = "train"
     experiment_name: str = "default"
     seed: int = 2023
     data: DataCfg = MISSING
@@ -122,7 +117,6 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
     paths: PathsCfg = field(default_factory=PathsCfg)
-    callbacks: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
     init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
@@ -143,13 +137,9 @@ def _in(value: Any, allowed: tuple, what: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and choice checks the schema types cannot express. Raises ValueError with the key."""
-    tm = cfg.augment.time_mask
-    if not 0.0 <= tm.p <= 1.0:
-        raise ValueError(f"augment.time_mask.p must be in [0, 1], got {tm.p}")
-    if not 0.0 <= tm.max_ratio <= 1.0:
-        raise ValueError(f"augment.time_mask.max_ratio must be in [0, 1], got {tm.max_ratio}")
+    TimeMaskConfig(**OmegaConf.to_container(cfg.augment.time_mask, resolve=True))  # type: ignore[arg-type]
     for key, stages in (
-        ("augment.time_mask.stages", tm.stages),
+        ("augment.time_mask.stages", cfg.augment.time_mask.stages),
         ("augment.backtranslation.stages", cfg.augment.backtranslation.stages),
     ):
         for s in stages:
@@ -163,6 +153,10 @@ def validate(cfg: DictConfig) -> None:
         _in(d.overlong, ("keep", "clip", "error"), "data.overlong")
     if cfg.pretrain.enabled and cfg.pretrain.data is None:
         raise ValueError("pretrain.enabled is true but no pretrain data is configured (use pretrain=<dataset>)")
+    if "max_epochs" in cfg.trainer:
+        raise ValueError("trainer.max_epochs is not read: set pretrain.max_epochs and train.max_epochs")
     for name, stage in (("train", cfg.train), ("pretrain", cfg.pretrain)):
         if stage.batch_size < 1 or stage.eval_batch_size < 1:
             raise ValueError(f"{name} batch sizes must be >= 1")
+        if stage.max_epochs < 0:
+            raise ValueError(f"{name}.max_epochs must be >= 0, got {stage.max_epochs}")

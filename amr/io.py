@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -44,6 +45,11 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     with atomic_open(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+
+
+def finite_number(v: Any) -> bool:
+    """A JSON number that is finite (not a bool, not NaN, not infinite)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:

@@ -8,12 +8,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from amr.metrics.retrieval import BRIEF_KEYS
+from amr.inference import predict_batch
+from amr.metrics.retrieval import SHORT_NAMES
 from amr.metrics.torchmetric import MomentRetrievalMetric
-from amr.model import QDDETR, QDDETRConfig, build_criterion, postprocess
-
-# logged name of each official brief key
-LOG_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
+from amr.model import QDDETR, QDDETRConfig, build_criterion
 
 
 def adamw(
@@ -61,11 +59,6 @@ class MomentRetrievalModule(pl.LightningModule):
             self.log(f"train/{k}", losses[k], on_step=False, on_epoch=True, batch_size=bs)
         return total
 
-    def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and "train" in dm.splits:
-            dm.splits["train"].set_epoch(self.current_epoch)
-
     def _metric(self, role: str) -> MomentRetrievalMetric:
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
         metric = MomentRetrievalMetric(*dm.ground_truth(role)).to(self.device)
@@ -80,9 +73,9 @@ class MomentRetrievalModule(pl.LightningModule):
         self._metric("test")
 
     def _eval_step(self, role: str, batch: dict[str, Any]) -> None:
-        out = self.model(**batch["inputs"])
+        pred = predict_batch(self.model, batch)
         if "targets" in batch:
-            losses = self.criterion(out, batch["targets"])
+            losses = self.criterion(pred.outputs, batch["targets"])
             self.log(
                 f"{role}/loss",
                 self.criterion.total(losses),
@@ -90,13 +83,8 @@ class MomentRetrievalModule(pl.LightningModule):
                 batch_size=len(batch["index"]),
                 sync_dist=True,
             )
-        ranked = postprocess(out, batch["duration"].tolist())
-        rows = torch.tensor(ranked, dtype=torch.float64, device=self.device)
-        self.metrics[role].update(batch["index"].to(self.device), rows)
-        for meta, r in zip(batch["meta"], ranked, strict=True):
-            self.predictions[role].append(
-                {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": r}
-            )
+        self.metrics[role].update(batch["index"].to(self.device), pred.rows(self.device))
+        self.predictions[role].extend(pred.lines)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -115,7 +103,7 @@ class MomentRetrievalModule(pl.LightningModule):
                     seen.setdefault(line["qid"], line)
             self.predictions[role] = list(seen.values())
         self.results[role] = result
-        for key, name in LOG_NAMES.items():
+        for key, name in SHORT_NAMES.items():
             self.log(f"{role}/{name}", result["brief"][key], prog_bar=name in ("R1@0.7", "mAP"))
 
     def on_validation_epoch_end(self) -> None:
@@ -136,6 +124,3 @@ class MomentRetrievalModule(pl.LightningModule):
             opt, step_size=self.hparams["optim"]["lr_drop"], gamma=self.hparams["optim"].get("lr_gamma", 0.1)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["amr"] = {"t2v_mask": self.model.cfg.t2v_mask, "model": self.model.config_dict()}

@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from amr.checkpoints import load_model
+from amr.data.annotations import Query
+from amr.data.dataset import audio_input, collate, make_item
 from amr.data.features import AUDIO_KEY, check_features, l2_normalize, load_npz_array
 from amr.errors import InputError
+from amr.inference import predict_batch
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
-    from amr.lit_module import MomentRetrievalModule
 
 
 @dataclass(frozen=True)
@@ -40,45 +43,25 @@ class Moment:
         return asdict(self)
 
 
-def load_module(path: str | Path) -> MomentRetrievalModule:
-    """A trained module from an amr checkpoint (``best.ckpt``/``last.ckpt`` or ``amr convert-official``).
+@dataclass(frozen=True)
+class AudioWindows:
+    """A recording decoded, checked and cut into 1 s windows, not yet through CLAP."""
 
-    Raises:
-        InputError: missing file, an official ``.pth`` not converted yet, or weights that do not fit
-            the model config stored in the checkpoint.
-    """
-    from amr.lit_module import MomentRetrievalModule
+    path: Path
+    windows: np.ndarray  # (T, 44100)
 
+
+def read_recording(path: str | Path, centered: bool = False) -> np.ndarray | AudioWindows:
+    """An ``.npz`` of features -> its (T, 768) frames; an audio file -> its windows. Bad audio
+    fails here, before any model is loaded."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("checkpoint not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InputError(f"unreadable checkpoint ({type(e).__name__})", path) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        model = ckpt.get("model") if isinstance(ckpt, dict) else None
-        official = isinstance(model, dict) and "saliency_proj1.weight" in model
-        hint = " (an official QD-DETR checkpoint: run `amr convert-official` first)" if official else ""
-        raise InputError(f"not an amr checkpoint: no 'state_dict'/'hyper_parameters'{hint}", path)
-    try:
-        module = MomentRetrievalModule(**ckpt["hyper_parameters"])
-    except (TypeError, ValueError) as e:
-        raise InputError(f"checkpoint holds an unknown model config ({e})", path) from None
-    own = module.state_dict()
-    state = ckpt["state_dict"]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = [
-            f"{len(keys)} {name} (first: {keys[0]})"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
-            if keys
-        ]
-        raise InputError("weights do not fit the checkpoint's model config: " + "; ".join(parts), path)
-    module.load_state_dict(state)
-    return module.eval()
+        raise InputError("audio file not found", path)
+    if path.suffix == ".npz":
+        return load_npz_array(path, AUDIO_KEY)
+    from amr.clap.audio import audio_windows
+
+    return AudioWindows(path, audio_windows(path, None, centered))
 
 
 def window_starts(n: int, size: int) -> list[int]:
@@ -133,8 +116,7 @@ class Predictor:
         from amr.clap.model import pick_device
 
         self.device = pick_device(device)
-        self.module = load_module(ckpt).to(self.device)
-        self.model = self.module.model
+        self.model = load_model(ckpt).to(self.device)
         self.clap_weights = clap_weights
         self.centered = centered
         self.max_frames = max_frames
@@ -149,19 +131,15 @@ class Predictor:
             self._clap = ClapEncoder(self.clap_weights, str(self.device))
         return self._clap
 
-    def audio_features(self, audio: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:
-        """(T, 768) raw CLAP frames: from an audio file (whole recording), an ``.npz`` or an array."""
+    def audio_features(self, audio: str | Path | AudioWindows | np.ndarray | torch.Tensor) -> np.ndarray:
+        """(T, 768) raw CLAP frames: from an audio file (whole recording), an ``.npz``, the result of
+        :func:`read_recording`, or an array."""
         if isinstance(audio, (str, Path)):
-            path = Path(audio)
-            if path.suffix == ".npz":
-                return load_npz_array(path, AUDIO_KEY)
-            from amr.clap.audio import audio_windows
+            audio = read_recording(audio, self.centered)
+        if isinstance(audio, AudioWindows):
             from amr.clap.extract import embed_windows
 
-            if not path.is_file():
-                raise InputError("audio file not found", path)
-            win = audio_windows(path, None, self.centered)  # bad audio fails before CLAP loads
-            return embed_windows(self.clap, win, 64)
+            return embed_windows(self.clap, audio.windows, 64)
         arr = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         check_features(arr, "<audio features>")
         return arr
@@ -179,30 +157,29 @@ class Predictor:
     @torch.inference_mode()
     def _windows(self, frames: np.ndarray, txt: np.ndarray) -> list[list[float]]:
         """Candidates of every window, in seconds of the whole recording (1 frame per second)."""
-        from amr.data.dataset import time_features
-        from amr.model import postprocess
-
         norm = l2_normalize(frames)
-        n = len(norm)
-        size = min(n, self.max_frames)
-        starts = window_starts(n, size)
-        tef = time_features(size)  # as the training items get them
-        aud = np.stack([np.concatenate([norm[s : s + size], tef], 1) for s in starts])
-        b = len(starts)
-        inputs = {
-            "src_aud": torch.from_numpy(aud).to(self.device),
-            "src_aud_mask": torch.ones(b, size, device=self.device),
-            "src_txt": torch.from_numpy(np.ascontiguousarray(txt, dtype=np.float32))
-            .to(self.device)[None]
-            .repeat(b, 1, 1),
-            "src_txt_mask": torch.ones(b, len(txt), device=self.device),
-        }
-        ranked = postprocess(self.model(**inputs), [float(size)] * b, max_ts=float(size))
-        return [[st + s, ed + s, sc] for s, rows in zip(starts, ranked, strict=True) for st, ed, sc in rows]
+        size = min(len(norm), self.max_frames)
+        starts = window_starts(len(norm), size)
+        txt = np.ascontiguousarray(txt, dtype=np.float32)
+        items = [
+            make_item(
+                i,
+                Query(qid=str(s), query="", vid="", duration=float(size), windows=None),
+                txt,
+                audio_input(norm[s : s + size]),
+            )
+            for i, s in enumerate(starts)
+        ]
+        lines = predict_batch(self.model, collate(items), max_ts=float(size)).lines
+        return [
+            [st + s, ed + s, sc]
+            for s, line in zip(starts, lines, strict=True)
+            for st, ed, sc in line["pred_relevant_windows"]
+        ]
 
     def predict(
         self,
-        audio_or_features: str | Path | np.ndarray | torch.Tensor,
+        audio_or_features: str | Path | AudioWindows | np.ndarray | torch.Tensor,
         query: str | np.ndarray | torch.Tensor,
         top_k: int = 5,
     ) -> list[Moment]:

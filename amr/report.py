@@ -17,15 +17,10 @@ from amr.data.annotations import Query, load_annotations
 from amr.errors import InputError
 from amr.io import atomic_open, write_json
 from amr.metrics.predictions import load_predictions
-from amr.metrics.retrieval import THRESHOLDS, per_query_scores
+from amr.metrics.retrieval import SHORT_NAMES, THRESHOLDS, per_query_scores
 
-# report column -> (official brief key, how to get it from per-query scores)
-COLUMNS = ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75")
-_BRIEF = dict(
-    zip(
-        COLUMNS, ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75"), strict=True
-    )
-)
+COLUMNS = tuple(SHORT_NAMES.values())  # report columns, in the official brief order
+_BRIEF = {short: key for key, short in SHORT_NAMES.items()}  # column -> official brief key
 
 
 def metric_vectors(ap: np.ndarray, r1_iou: np.ndarray) -> dict[str, np.ndarray]:
@@ -132,7 +127,7 @@ def _aligned(runs: Sequence[Run]) -> dict[str, np.ndarray] | None:
     return {k: np.mean([r.per_query[k][idx] for r, idx in zip(runs, rows, strict=True)], axis=0) for k in COLUMNS}
 
 
-def summarize(runs: Sequence[Run], by: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def system_rows(runs: Sequence[Run], by: Sequence[str] | None = None) -> list[dict[str, Any]]:
     groups: dict[str, list[Run]] = defaultdict(list)
     common = frozenset.intersection(*(frozenset(r.overrides) for r in runs)) if runs else frozenset()
     for r in runs:
@@ -257,7 +252,7 @@ def write_timelines(
 
 def report(roots: Sequence[str | Path], out: str | Path | None, by: Sequence[str] | None = None) -> str:
     runs = find_runs(roots)
-    rows = summarize(runs, by)
+    rows = system_rows(runs, by)
     text = markdown(rows)
     if out is not None:
         out = Path(out)

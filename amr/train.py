@@ -19,22 +19,22 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 
+from amr.augment.time_mask import TimeMaskConfig
+from amr.checkpoints import load_weights
 from amr.config import register, validate
 from amr.data.datamodule import MomentDataModule
-from amr.data.dataset import TimeMaskConfig
 from amr.data.features import Layout
 from amr.errors import InputError
 from amr.io import write_json
-from amr.lit_module import LOG_NAMES, MomentRetrievalModule
+from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
-from amr.metrics.retrieval import BRIEF_KEYS
+from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
 from amr.report import write_timelines
 from amr.runtime import tune_allocator
+from amr.stage_logging import EpochLine, StepSeed, finish_wandb, job_overrides, stage_loggers
 
 log = logging.getLogger("amr.train")
 register()
@@ -46,31 +46,7 @@ NON_RESULT_TRAINER_KEYS = {
     "enable_model_summary",
     "num_sanity_val_steps",
     "default_root_dir",
-    "max_epochs",
 }
-
-
-class EpochLine(Callback):
-    """One line per epoch when the progress bar is off (stdout is not a terminal)."""
-
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        m = trainer.callback_metrics
-        parts = [f"{k}={float(m[k]):.4g}" for k in ("train/loss", "val/R1@0.5", "val/R1@0.7", "val/mAP") if k in m]
-        print(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} " + " ".join(parts), flush=True)
-
-
-class StepSeed(Callback):
-    """Seed torch from (seed, epoch, batch) before every training step, so a resumed run draws the
-    same dropout as an uninterrupted one whatever else touched the global generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
 
 
 @dataclass
@@ -86,14 +62,6 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
-    tm = cfg.augment.time_mask
-    time_mask = TimeMaskConfig(p=tm.p, max_ratio=tm.max_ratio) if stage in tm.stages and tm.p > 0 else None
-    bt = cfg.augment.backtranslation
-    tags = list(bt.pivots) if stage in bt.stages else []
-    return time_mask, tags
-
-
 def plain(node: Any) -> dict[str, Any]:
     """A resolved config node as a plain dict."""
     out = OmegaConf.to_container(node, resolve=True)
@@ -101,72 +69,107 @@ def plain(node: Any) -> dict[str, Any]:
     return {str(k): v for k, v in out.items()}
 
 
-def _epochs(cfg: DictConfig, stage_cfg: DictConfig) -> int:
-    override = cfg.trainer.get("max_epochs")
-    return int(override) if override is not None else int(stage_cfg.max_epochs)
+def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
+    """The time mask (or None) and the caption-version pivots a stage trains with."""
+    time_mask = TimeMaskConfig(**plain(cfg.augment.time_mask))
+    bt = cfg.augment.backtranslation
+    return (time_mask if time_mask.used_in(stage) else None), (list(bt.pivots) if stage in bt.stages else [])
 
 
 def pretrain_key(cfg: DictConfig) -> str:
     """Hash of everything that affects the pre-training result."""
     trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in NON_RESULT_TRAINER_KEYS}
-    time_mask, tags = _stage_augment(cfg, "pretrain")
+    time_mask, pivots = _stage_augment(cfg, "pretrain")
     ident = {
         "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
         # the eval batch counts too: with the official T2V mask, outputs depend on the batch
         "stage": {
-            "epochs": _epochs(cfg, cfg.pretrain),
+            "epochs": cfg.pretrain.max_epochs,
             "batch_size": cfg.pretrain.batch_size,
             "eval_batch_size": cfg.pretrain.eval_batch_size,
         },
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "loss": OmegaConf.to_container(cfg.loss, resolve=True),
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-        "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "tags": tags},
+        "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "pivots": pivots},
         "seed": cfg.seed,
         "trainer": trainer,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _loggers(cfg: DictConfig, stage: str, out_dir: Path) -> list:
-    kind = cfg.logger.kind
-    if kind == "none":
-        return []
-    if kind == "csv":
-        return [pl.loggers.CSVLogger(save_dir=str(out_dir), name="logs", version=stage)]
-    if kind == "tensorboard":
-        return [pl.loggers.TensorBoardLogger(save_dir=str(out_dir), name="logs", version=stage)]
-    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    overrides = _job_overrides()
-    return [
-        pl.loggers.WandbLogger(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            save_dir=str(out_dir),
-            group=cfg.logger.group or cfg.experiment_name,
-            job_type=stage,
-            name=f"{cfg.experiment_name}[{','.join(overrides)}]/{stage}"
-            if overrides
-            else f"{cfg.experiment_name}/{stage}",
-            tags=[*cfg.tags, *overrides][:64],
-            mode=cfg.logger.mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-    ]
+def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: DictConfig) -> MomentDataModule:
+    time_mask, pivots = _stage_augment(cfg, stage)
+    return MomentDataModule(
+        data_cfg,
+        batch_size=stage_cfg.batch_size,
+        eval_batch_size=stage_cfg.eval_batch_size,
+        cache_dir=cfg.paths.cache_dir,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        time_mask=time_mask,
+        pivots=pivots,
+    )
 
 
-def _job_overrides() -> list[str]:
-    try:
-        return [o for o in HydraConfig.get().overrides.task if not o.startswith(("hydra.", "paths."))]
-    except ValueError:
-        return []
+def _trainer(
+    cfg: DictConfig, stage: str, stage_cfg: DictConfig, stage_dir: Path, loggers: list
+) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The stage's Trainer and its best-checkpoint callback."""
+    ckpt_dir = stage_dir / "checkpoints"
+    # Best: weights only, replaced only on strict improvement, so it is the first epoch reaching the
+    # maximum (as the official code selects its checkpoint).
+    best = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="best",
+        monitor="val/R1@0.7",
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
+    # Last: every epoch, after the best one (whose state is saved inside), for resuming.
+    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False)
+    interactive = sys.stdout.isatty()
+    kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
+    trainer = pl.Trainer(
+        max_epochs=stage_cfg.max_epochs,
+        logger=loggers or False,
+        default_root_dir=str(stage_dir),
+        callbacks=[best, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
+        enable_progress_bar=kwargs.pop("enable_progress_bar", interactive),
+        **kwargs,
+    )
+    return trainer, best
 
 
-def _finish_wandb(loggers: list) -> None:
-    if any(isinstance(lg, pl.loggers.WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
+def _evaluate_best(
+    trainer: pl.Trainer,
+    module: MomentRetrievalModule,
+    dm: MomentDataModule,
+    best: Path,
+    stage_dir: Path,
+    test: bool,
+    loggers: list,
+) -> dict[str, dict[str, Any]]:
+    """Validate (and test) the best checkpoint; write its predictions, metrics and test timeline,
+    and log the best figures to ``loggers`` (the stage's own: under ``fast_dev_run`` Lightning
+    swaps the Trainer's for a dummy)."""
+    results: dict[str, dict[str, Any]] = {}
+    for role in ["val", "test"] if test else ["val"]:
+        run = trainer.validate if role == "val" else trainer.test
+        run(module, datamodule=dm, ckpt_path=str(best), verbose=False)
+        results[role] = module.results[role]
+        if is_rank_zero():
+            write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
+            write_metrics(stage_dir / "predictions" / f"{role}_metrics.json", module.results[role])
+    if test and is_rank_zero():
+        timeline = stage_dir / "predictions" / "test_timeline.png"
+        write_timelines(timeline, module.predictions["test"], dm.splits["test"].data.queries, loggers)
+    for lg in loggers:
+        for role, res in results.items():
+            lg.log_metrics({f"best/{role}/{SHORT_NAMES[k]}": v for k, v in res["brief"].items()})
+    return results
 
 
 def run_stage(
@@ -181,78 +184,26 @@ def run_stage(
 ) -> StageResult:
     """Train one stage in ``stage_dir`` (checkpoints/, predictions/, logs/) and evaluate its best
     checkpoint on val (and test)."""
-    time_mask, tags = _stage_augment(cfg, stage)
-    dm = MomentDataModule(
-        data_cfg,
-        batch_size=stage_cfg.batch_size,
-        eval_batch_size=stage_cfg.eval_batch_size,
-        cache_dir=cfg.paths.cache_dir,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        time_mask=time_mask,
-        caption_tags=tags,
-    )
+    dm = _datamodule(cfg, stage, data_cfg, stage_cfg)
     dm.load()  # every input check happens here, before training starts
-    module = MomentRetrievalModule(
-        model=plain(cfg.model),
-        loss=plain(cfg.loss),
-        optim=plain(cfg.optim),
-    )
+    module = MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
     if init_weights is not None and resume is None and (is_rank_zero() or init_weights.is_file()):
-        # (other DDP ranks receive rank 0's weights when DDP wraps the model)
-        state = torch.load(init_weights, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)  # weights only: fresh optimiser, scheduler and epoch (official recipe)
+        # weights only: fresh optimiser, scheduler and epoch (official recipe); other DDP ranks
+        # receive rank 0's weights when DDP wraps the model
+        load_weights(module, init_weights)
         log.info("%s: initialised from %s", stage, init_weights)
-    ckpt_dir = stage_dir / "checkpoints"
-    # Best: replaced only on strict improvement, so it is the first epoch reaching the max (official).
-    checkpoint = ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="best",
-        monitor="val/R1@0.7",
-        mode="max",
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    # Last: every epoch, after the best one (its state is saved inside), for resuming.
-    last = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False)
-    interactive = sys.stdout.isatty()
-    trainer_kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None and k != "max_epochs"}
-    loggers = _loggers(cfg, stage, stage_dir)
-    trainer = pl.Trainer(
-        max_epochs=_epochs(cfg, stage_cfg),
-        logger=loggers or False,
-        default_root_dir=str(stage_dir),
-        callbacks=[checkpoint, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
-        enable_progress_bar=trainer_kwargs.pop("enable_progress_bar", interactive),
-        **trainer_kwargs,
-    )
+    loggers = stage_loggers(cfg, stage, stage_dir)
+    trainer, checkpoint = _trainer(cfg, stage, stage_cfg, stage_dir, loggers)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-        best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else ckpt_dir / "last.ckpt"
-        if not best.is_file():  # fast_dev_run and friends save nothing
-            best = ckpt_dir / "last.ckpt"
+        last = stage_dir / "checkpoints" / "last.ckpt"
+        best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
+        if not best.is_file():  # fast_dev_run, max_epochs=0 and friends save nothing
+            best = last
             trainer.save_checkpoint(best)
-        results: dict[str, dict[str, Any]] = {}
-        roles = ["val", "test"] if test else ["val"]
-        for role in roles:
-            run = trainer.validate if role == "val" else trainer.test
-            run(module, datamodule=dm, ckpt_path=str(best), verbose=False)
-            results[role] = module.results[role]
-            if is_rank_zero():
-                write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
-                write_metrics(stage_dir / "predictions" / f"{role}_metrics.json", module.results[role])
-        if test and is_rank_zero():
-            write_timelines(
-                stage_dir / "predictions" / "test_timeline.png",
-                module.predictions["test"],
-                dm.splits["test"].data.queries,
-                loggers,
-            )
-        for lg in loggers:
-            for role, res in results.items():
-                lg.log_metrics({f"best/{role}/{LOG_NAMES[k]}": v for k, v in res["brief"].items()})
+        results = _evaluate_best(trainer, module, dm, best, stage_dir, test, loggers)
     finally:
-        _finish_wandb(loggers)
+        finish_wandb(loggers)
     return StageResult(best, results)
 
 
@@ -275,7 +226,9 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> Path:
     )
     if not is_rank_zero():
         return result.best_ckpt
-    shutil.copy2(result.best_ckpt, work / "best.ckpt")
+    # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
+    os.replace(result.best_ckpt, work / "best.ckpt")
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_json(
         work / "stage.json",
         {"key": key, "val": result.results["val"]["brief"], "config": OmegaConf.to_container(cfg, resolve=True)},
@@ -287,8 +240,15 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> Path:
     return final / "best.ckpt"
 
 
+TAKEN = "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last"
+
+
+def holds_run(out_dir: Path) -> bool:
+    return (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()
+
+
 def results_table(results: dict[str, dict[str, Any]]) -> str:
-    head = "| split | " + " | ".join(LOG_NAMES[k] for k in BRIEF_KEYS) + " |"
+    head = "| split | " + " | ".join(SHORT_NAMES[k] for k in BRIEF_KEYS) + " |"
     rows = [head, "|" + "---|" * (len(BRIEF_KEYS) + 1)]
     for role, res in results.items():
         rows.append(f"| {role} | " + " | ".join(f"{res['brief'][k]:.2f}" for k in BRIEF_KEYS) + " |")
@@ -304,10 +264,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resume = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
-    elif is_rank_zero() and ((out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()):
-        raise InputError(
-            "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last", out_dir
-        )
+    elif is_rank_zero() and holds_run(out_dir):
+        raise InputError(TAKEN, out_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     init: Path | None = None
     if cfg.init_from:
@@ -327,7 +285,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out_dir / "run.json",
         {
             "experiment": cfg.experiment_name,
-            "overrides": _job_overrides(),
+            "overrides": job_overrides(),
             "seed": cfg.seed,
             "stage": stage,
             "annotations": {
@@ -368,12 +326,8 @@ def _refuse_taken_run_dir(argv: list[str]) -> None:
     for a in argv:
         if a.startswith("hydra.run.dir="):
             out = Path(a.split("=", 1)[1])
-            if (out / "checkpoints").exists() or (out / "test_metrics.json").exists():
-                print(
-                    f"error: {out}: run folder already holds a run; pick another hydra.run.dir, or resume it "
-                    "with ckpt_path=last",
-                    file=sys.stderr,
-                )
+            if holds_run(out):
+                print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
                 raise SystemExit(2)
 
 

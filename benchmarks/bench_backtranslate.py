@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from amr.augment.backtranslate import DecodeOptions, make_translator
-from amr.augment.tiny_marian import build_tiny_marian
 from amr.data.synth import CONCEPTS, _World
+from amr.testing.tiny_marian import build_tiny_marian
 from benchmarks.common import peak_rss_mb, table, update_report
 
 OPUS_SIZE = {"d_model": 512, "layers": 6, "ffn": 2048, "heads": 8, "vocab_size": 200, "pad_vocab_to": 58101}

@@ -29,8 +29,8 @@ class PerItemNpz:
 
     def __getitem__(self, i: int) -> dict:
         q = self.q[i]
-        txt = np.load(self.layout.text_file(q.qid))["last_hidden_state"].astype(np.float32)
-        aud = np.load(self.layout.audio_file(q.vid))["features"][:300].astype(np.float32)
+        txt = np.load(self.layout.features.text_file(q.qid))["last_hidden_state"].astype(np.float32)
+        aud = np.load(self.layout.features.audio_file(q.vid))["features"][:300].astype(np.float32)
         aud = aud / (np.linalg.norm(aud, axis=-1, keepdims=True) + 1e-5)
         n = len(aud)
         tef = np.arange(n) / n

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from amr.augment.backtranslate import DecodeOptions, TranslationCache, backtranslate
-from amr.augment.tiny_marian import build_tiny_marian
 from amr.data.synth import CONCEPTS, TEMPLATES, _World
 from amr.errors import InputError
+from amr.testing.tiny_marian import build_tiny_marian
 
 pytest.importorskip("sentencepiece")
 

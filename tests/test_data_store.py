@@ -6,7 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from amr.data.dataset import MomentDataset, SplitData, TimeMaskConfig, collate
+from amr.augment.caption_versions import text_key
+from amr.augment.time_mask import TimeMaskConfig
+from amr.data.dataset import MomentDataset, SplitData, collate
 from amr.data.features import l2_normalize, load_npz_array
 from amr.data.packed_store import open_or_build
 from amr.data.synth import generate
@@ -66,14 +68,14 @@ def test_bad_feature_files(tmp_path) -> None:
 
 def test_synthetic_layout_reads_back_through_the_real_loader(tiny, tmp_path) -> None:
     clotho, castella = tiny
-    assert clotho.annotations("train").is_file() and clotho.audio_dir.name == "clap"
-    assert castella.text_dir().parts[-2:] == ("castella", "clap_text")
-    data = SplitData.load(castella, "train", tmp_path / "cache", tags=["de", "fr", "es"])
+    assert clotho.annotations("train").is_file() and clotho.features.audio_dir.name == "clap"
+    assert castella.features.text_dir().parts[-2:] == ("castella", "clap_text")
+    data = SplitData.load(castella, "train", tmp_path / "cache", pivots=["de", "fr", "es"])
     ds = MomentDataset(data, train=True)
     item = ds[0]
     q = data.queries[0]
     assert item["aud"].shape == (q.duration, 770)  # CASTELLA-like: one frame per second
-    raw = load_npz_array(castella.audio_file(q.vid), "features")
+    raw = load_npz_array(castella.features.audio_file(q.vid), "features")
     np.testing.assert_allclose(item["aud"][:, :768], l2_normalize(raw), rtol=1e-6)
     assert max(len(x.windows) for x in data.queries) > 1  # multi-window queries exist
     c_item = MomentDataset(SplitData.load(clotho, "val", tmp_path / "cache"), train=False)[0]
@@ -84,8 +86,10 @@ def test_synthetic_is_deterministic(tmp_path) -> None:
     a = generate(tmp_path / "a", "castella", seed=5, scale=0.02)
     b = generate(tmp_path / "b", "castella", seed=5, scale=0.02)
     assert a.annotations("train").read_text() == b.annotations("train").read_text()
-    vid = next(a.audio_dir.iterdir()).name
-    np.testing.assert_array_equal(np.load(a.audio_dir / vid)["features"], np.load(b.audio_dir / vid)["features"])
+    vid = next(a.features.audio_dir.iterdir()).name
+    np.testing.assert_array_equal(
+        np.load(a.features.audio_dir / vid)["features"], np.load(b.features.audio_dir / vid)["features"]
+    )
 
 
 def test_official_item_semantics(tiny, tmp_path) -> None:
@@ -149,30 +153,30 @@ def test_time_mask_frequency_length_and_padding(tiny, tmp_path) -> None:
 
 def test_caption_versions_are_drawn_per_epoch(tiny, tmp_path) -> None:
     clotho, _ = tiny
-    data = SplitData.load(clotho, "train", tmp_path / "cache", tags=["de"])
-    ds = MomentDataset(data, train=True, seed=0, caption_tags=["de"])
+    data = SplitData.load(clotho, "train", tmp_path / "cache", pivots=["de"])
+    ds = MomentDataset(data, train=True, seed=0, pivots=["de"])
     draws = []
     for epoch in range(40):
         ds.set_epoch(epoch)
-        draws.append([ds[i]["version"] for i in range(len(ds))])
+        draws.append([ds[i]["pivot"] for i in range(len(ds))])
     flat = [v for d in draws for v in d]
     assert abs(flat.count("de") / len(flat) - 0.5) < 0.05
     assert len(ds) == len(data.queries)  # the dataset size does not change
     it = ds[0]
-    expected = data.text[ds.text_key(data.queries[0], it["version"])]
+    expected = data.text[text_key(data.queries[0].qid, it["pivot"], data.alias)]
     np.testing.assert_array_equal(it["txt"], expected)
-    ds2 = MomentDataset(data, train=True, seed=0, caption_tags=["de"])
+    ds2 = MomentDataset(data, train=True, seed=0, pivots=["de"])
     ds2.set_epoch(39)
-    assert [ds2[i]["version"] for i in range(len(ds2))] == draws[39]  # deterministic for a seed
+    assert [ds2[i]["pivot"] for i in range(len(ds2))] == draws[39]  # deterministic for a seed
 
 
 def test_missing_pivot_is_an_error_not_a_fallback(tiny, tmp_path) -> None:
     clotho, _ = tiny
-    victim = next(clotho.text_dir("fr").iterdir())
+    victim = next(clotho.features.text_dir("fr").iterdir())
     victim.rename(victim.with_suffix(".bak"))
     try:
         with pytest.raises(InputError, match="caption version 'fr' missing for 1 of"):
-            SplitData.load(clotho, "train", tmp_path / "cache", tags=["fr"])
+            SplitData.load(clotho, "train", tmp_path / "cache", pivots=["fr"])
     finally:
         victim.with_suffix(".bak").rename(victim)
 
@@ -191,15 +195,15 @@ def test_dropped_version_is_served_by_the_original_caption(tiny, tmp_path) -> No
     rows[0]["versions"] = [v for v in rows[0]["versions"] if v["pivot"] != "de"]
     rows[0]["dropped"] = ["de"]
     layout.versions_file("train").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    layout.text_file(victim, "de").unlink()
-    data = SplitData.load(layout, "train", tmp_path / "cache", tags=["de"])
-    ds = MomentDataset(data, train=True, seed=0, caption_tags=["de"])
+    layout.features.text_file(victim, "de").unlink()
+    data = SplitData.load(layout, "train", tmp_path / "cache", pivots=["de"])
+    ds = MomentDataset(data, train=True, seed=0, pivots=["de"])
     index = next(i for i, q in enumerate(data.queries) if q.qid == victim)
     seen = set()
     for epoch in range(12):
         ds.set_epoch(epoch)
         item = ds[index]
-        seen.add(item["version"])
+        seen.add(item["pivot"])
         np.testing.assert_array_equal(item["txt"], np.asarray(data.text[victim], dtype=np.float32))
     assert seen == {None, "de"}
 

@@ -10,6 +10,7 @@ import torch
 from amr.cli import main
 from amr.data.synth import generate
 from tests.conftest import PARITY, need_shared
+from tests.helpers import CAPTIONS, GOOD, needs_msclap, random_checkpoint, run_amr
 
 
 def test_submit_writes_one_line_per_query_without_scores(tmp_path) -> None:
@@ -52,3 +53,33 @@ def test_submit_writes_one_line_per_query_without_scores(tmp_path) -> None:
         scores = [w[2] for w in p["pred_relevant_windows"]]
         assert scores == sorted(scores, reverse=True)
         assert s["pred_relevant_windows"] == [w[:2] for w in p["pred_relevant_windows"]]
+
+
+@needs_msclap
+def test_submit_from_extracted_features(clap, audio_dir, tmp_path) -> None:
+    root = tmp_path / "eval"
+    feat = root / "features" / "dcase2026_evaluation"
+    weights = str(clap / "clap_weights.pth")
+    run_amr(
+        ["extract-audio", "--audio-dir", str(audio_dir), "--out", str(feat), "--clap-weights", weights],
+        clap,
+        check=False,
+    )
+    rows = [
+        {"qid": f"e{i}", "query": c, "vid": vid, "duration": GOOD[vid][0]}
+        for i, (vid, c) in enumerate(zip(["a", "b", "long"], CAPTIONS.values(), strict=True))
+    ]
+    (root / "data").mkdir(parents=True)
+    ann = root / "data" / "dcase2026_evaluation.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_amr(["extract-text", "--annotations", str(ann), "--out", str(feat), "--clap-weights", weights], clap)
+    out = tmp_path / "submission.jsonl"
+    ckpt = random_checkpoint(tmp_path / "m.ckpt")
+    main(
+        ["submit", "--ckpt", str(ckpt), "--data-root", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "c")]
+    )
+    sub = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [s["qid"] for s in sub] == ["e0", "e1", "e2"]
+    assert all(
+        len(s["pred_relevant_windows"]) == 10 and all(len(w) == 2 for w in s["pred_relevant_windows"]) for s in sub
+    )

@@ -90,6 +90,8 @@ def test_typos_fail_at_composition(root, override, error) -> None:
         ("augment.backtranslation.pivots=[xx]", "pivots must be one of \\['de', 'fr', 'es'\\]"),
         ("augment.backtranslation.stages=[finetuning]", "stages must be one of"),
         ("model.t2v_mask=sometimes", "model.t2v_mask must be one of"),
+        ("+trainer.max_epochs=3", "trainer.max_epochs is not read: set pretrain.max_epochs and train.max_epochs"),
+        ("train.max_epochs=-1", "train.max_epochs must be >= 0"),
     ],
 )
 def test_out_of_range_values_fail_before_training(root, override, message) -> None:
@@ -109,9 +111,9 @@ def test_existing_run_folder_is_never_overwritten(root) -> None:
 
 def test_resume_reaches_the_same_result(root) -> None:
     common = ["experiment=castella_only", "trainer.deterministic=true"]
-    full = train(_cfg(root, "full", *common, "trainer.max_epochs=2"))
-    train(_cfg(root, "resumed", *common, "trainer.max_epochs=1"))
-    resumed = train(_cfg(root, "resumed", *common, "trainer.max_epochs=2", "ckpt_path=last"))
+    full = train(_cfg(root, "full", *common, "train.max_epochs=2"))
+    train(_cfg(root, "resumed", *common, "train.max_epochs=1"))
+    resumed = train(_cfg(root, "resumed", *common, "train.max_epochs=2", "ckpt_path=last"))
     assert resumed == full
     a = torch.load(root / "runs" / "full" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(root / "runs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -184,7 +186,7 @@ def test_ddp_on_cpu_metric_matches_single_process(root) -> None:
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
-        "trainer.max_epochs=1",
+        "train.max_epochs=1",
         f"paths.root={root}",
         f"hydra.run.dir={out}",
     ]
@@ -234,3 +236,23 @@ def test_tensorboard_logger_writes_events(root) -> None:
     pytest.importorskip("tensorboard")
     train(_cfg(root, "tb", "experiment=castella_only", "logger=tensorboard", "+trainer.fast_dev_run=1"))
     assert list((root / "runs" / "tb" / "logs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_best_checkpoint_is_weights_only_and_the_cache_keeps_one_copy(root) -> None:
+    train(_cfg(root, "sizes", "experiment=system1", "seed=7"))
+    ckpts = root / "runs" / "sizes" / "checkpoints"
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and "optimizer_states" in last  # resuming needs only last
+    assert (ckpts / "best.ckpt").stat().st_size <= (ckpts / "last.ckpt").stat().st_size / 2
+    entry = Path(json.loads((root / "runs" / "sizes" / "pretrain.json").read_text())["checkpoint"]).parent
+    assert (entry / "best.ckpt").is_file() and not (entry / "checkpoints").exists()
+    assert "optimizer_states" not in torch.load(entry / "best.ckpt", weights_only=True)
+    # the weights-only best checkpoint initialises a run; one of another model config is refused up front
+    init = f"init_from={ckpts / 'best.ckpt'}"
+    assert set(train(_cfg(root, "init_ok", "experiment=castella_only", init, "+trainer.fast_dev_run=1"))) == {
+        "val",
+        "test",
+    }
+    with pytest.raises(InputError, match="weights do not fit this run's model config: .*shape mismatch"):
+        train(_cfg(root, "init_bad", "experiment=castella_only", init, "model.hidden_dim=128", "model.nheads=8"))

@@ -1,11 +1,8 @@
 """Folder-level feature extraction: resumable (existing files are skipped), atomic per file, batched,
 and a bad input file never stops the others (failures are listed at the end).
 
-Output layout, ``FEATURES_DIR`` being e.g. ``features/castella``::
-
-    FEATURES_DIR/clap/{vid}.npz                               key "features",          (T, 768)
-    FEATURES_DIR/clap_text/qid{qid}.npz                       key "last_hidden_state", (L, 768)
-    FEATURES_DIR/clap_text_versions/{pivot}/qid{qid}.npz      caption versions (paraphrase file)
+Output: one feature folder (``FEATURES_DIR``, e.g. ``features/castella``) in the layout of
+:class:`amr.data.features.FeatureLayout`, which the data layer reads.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from amr.clap.audio import AUDIO_SUFFIXES, Channel, audio_windows
-from amr.data.features import AUDIO_KEY, TEXT_KEY
+from amr.data.features import AUDIO_KEY, TEXT_KEY, FeatureLayout
 from amr.errors import InputError
 from amr.io import atomic_open, read_jsonl
 
@@ -102,11 +99,11 @@ def extract_audio_dir(
 ) -> ExtractReport:
     """One ``{vid}.npz`` per audio file of ``audio_dir`` under ``out_dir/clap``."""
     files = audio_files(audio_dir)
-    target = out_dir / "clap"
+    feats = FeatureLayout(out_dir)
     report = ExtractReport()
     todo = []
     for p in files:
-        if (target / f"{p.stem}.npz").is_file():
+        if feats.audio_file(p.stem).is_file():
             report.skipped += 1
         else:
             todo.append(p)
@@ -123,7 +120,7 @@ def extract_audio_dir(
             if isinstance(win, Exception):
                 report.failures.append(str(win))
                 continue
-            out = target / f"{p.stem}.npz"
+            out = feats.audio_file(p.stem)
             save_npz(out, AUDIO_KEY, embed_windows(encoder, win, batch_size))
             report.written.append(out)
     return report
@@ -146,6 +143,7 @@ def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Pa
     captions are encoded once. All input is checked before any model is loaded."""
     from amr.data.annotations import load_annotations
 
+    feats = FeatureLayout(out_dir)
     by_text: dict[str, list[Path]] = {}
     present = 0
     known: set[str] = set()
@@ -162,7 +160,7 @@ def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Pa
             if q.qid in known:
                 continue
             known.add(q.qid)
-            add(q.query, out_dir / "clap_text" / f"qid{q.qid}.npz")
+            add(q.query, feats.text_file(q.qid))
     if paraphrases is not None:
         for line, row in read_jsonl(paraphrases):
             if "qid" not in row or not isinstance(row.get("versions"), list):
@@ -172,12 +170,12 @@ def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Pa
                 raise InputError(f"qid {qid} is not in the annotation file(s)", paraphrases, line)
             for v in row["versions"]:
                 if not isinstance(v, dict) or not isinstance(v.get("pivot"), str) or not v["pivot"]:
-                    raise InputError(f"qid {qid}: each version needs a 'pivot' tag and a 'text'", paraphrases, line)
-                tag = v["pivot"]
-                if "/" in tag or tag.startswith("."):
-                    raise InputError(f"qid {qid}: pivot tag {tag!r} cannot name a folder", paraphrases, line)
-                text = _caption(v.get("text"), paraphrases, line, f"qid {qid} version '{tag}'")
-                add(text, out_dir / "clap_text_versions" / tag / f"qid{qid}.npz")
+                    raise InputError(f"qid {qid}: each version needs a 'pivot' and a 'text'", paraphrases, line)
+                pivot = v["pivot"]
+                if "/" in pivot or pivot.startswith("."):
+                    raise InputError(f"qid {qid}: pivot {pivot!r} cannot name a folder", paraphrases, line)
+                text = _caption(v.get("text"), paraphrases, line, f"qid {qid} version '{pivot}'")
+                add(text, feats.text_file(qid, pivot))
     return [TextJob(c, d) for c, d in by_text.items()], present
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from amr.checkpoints import load_strict, read_clap_state
 from amr.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -41,37 +42,6 @@ class LoadReport:
     def line(self) -> str:
         extra = f"; {len(self.ignored)} stale buffer(s) ignored ({self.ignored[0]}, ...)" if self.ignored else ""
         return f"MS-CLAP 2023 weights: {self.loaded} tensors loaded strictly from {self.path}{extra}"
-
-
-def _state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]  # msclap's checkpoint format
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError("not an MS-CLAP checkpoint (expected a state dict, or a dict with key 'model')", path)
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> LoadReport:
-    """Load every weight or fail with the missing/unexpected/mis-shaped keys (msclap's own loader
-    uses ``strict=False`` and ignores them silently)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    ignored = [k for k in unexpected if _STALE_KEYS.search(k)]
-    unexpected = [k for k in unexpected if not _STALE_KEYS.search(k)]
-    shape = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shape:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape)):
-            if keys:
-                parts.append(f"{len(keys)} {name} (first: {', '.join(keys[:3])})")
-        raise InputError("weights do not match MS-CLAP 2023: " + "; ".join(parts), path)
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
-    return LoadReport(str(path), len(own), ignored)
 
 
 def clap_config() -> dict[str, Any]:
@@ -139,14 +109,8 @@ class ClapEncoder:
                 f"'{name}' in the Hugging Face cache (run once online, or set HF_HOME to a cache holding it)",
                 name,
             ) from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # older checkpoints pickle more than tensors; this is the file msclap itself loads
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception as e:
-                raise InputError(f"unreadable checkpoint ({type(e).__name__}: {e})", path) from None
-        self.report = load_strict(self.clap, _state_dict(obj, path), path)
+        ignored = load_strict(self.clap, read_clap_state(path), path, "MS-CLAP 2023", ignore=_STALE_KEYS)
+        self.report = LoadReport(str(path), len(self.clap.state_dict()), ignored)
         self.device = pick_device(device)
         self.clap.eval().to(self.device)
         from transformers import AutoTokenizer

@@ -11,14 +11,13 @@ Evaluation files carry no ``relevant_windows``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from amr.errors import InputError
-from amr.io import read_jsonl
+from amr.io import finite_number, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +38,12 @@ class Query:
     line: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"qid": self.qid, "query": self.query, "duration": self.duration, "vid": self.vid}
-        if self.windows is not None:
-            row["relevant_windows"] = [list(w) for w in self.windows]
-        row.update(self.extra)
-        return row
-
 
 @dataclass
 class AnnotationReport:
     """What loading noticed without failing."""
 
-    n_queries: int = 0
-    n_windows: int = 0
-    n_past_duration: int = 0  # end in (duration, duration + 2]
-    n_overlong: int = 0  # end > duration + 2 (kept or clipped by policy)
-    n_clipped: int = 0
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    n_overlong: int = 0  # windows ending more than 2 s after the duration (kept or clipped by policy)
 
 
 def parse_query(
@@ -84,7 +68,7 @@ def parse_query(
     if not isinstance(vid, str) or not vid:
         raise InputError(f"vid must be a non-empty string for qid {qid}", path, line)
     duration = obj["duration"]
-    if not _number(duration) or duration <= 0:
+    if not finite_number(duration) or duration <= 0:
         raise InputError(f"duration must be a positive number for qid {qid}, got {duration!r}", path, line)
 
     windows: list[list[float]] | None = None
@@ -94,7 +78,7 @@ def parse_query(
             raise InputError(f"relevant_windows must be a non-empty list for qid {qid}", path, line)
         windows = []
         for w in raw:
-            if not (isinstance(w, list) and len(w) == 2 and _number(w[0]) and _number(w[1])):
+            if not (isinstance(w, list) and len(w) == 2 and finite_number(w[0]) and finite_number(w[1])):
                 raise InputError(f"window {w!r} of qid {qid} is not [start, end]", path, line)
             st, ed = w
             if ed < st:
@@ -107,11 +91,7 @@ def parse_query(
                     raise InputError(f"window {w!r} of qid {qid} ends after duration {duration} + 2", path, line)
                 if overlong == "clip":
                     ed = duration
-                    report.n_clipped += 1
-            elif ed > duration:
-                report.n_past_duration += 1
             windows.append([st, ed])
-        report.n_windows += len(windows)
     elif require_windows:
         raise InputError(f"missing field 'relevant_windows' for qid {qid}", path, line)
     extra = {k: v for k, v in obj.items() if k not in ("qid", "query", "vid", "duration", "relevant_windows")}
@@ -142,14 +122,13 @@ def load_annotations(path: str | Path, require_windows: bool = True, overlong: O
         queries.append(q)
     if not queries:
         raise InputError("no queries", path)
-    report.n_queries = len(queries)
     if report.n_overlong:
         action = {"keep": "kept as in the official data", "clip": "clipped to duration"}.get(overlong, "")
         log.warning("%s: %d window(s) end more than 2 s after the duration (%s)", path, report.n_overlong, action)
     return queries
 
 
-def summarize(queries: Sequence[Query]) -> dict[str, float]:
+def split_stats(queries: Sequence[Query]) -> dict[str, float]:
     """Counts and lengths for a quick look at a split."""
     n_win = [len(q.windows or []) for q in queries]
     lengths = [w[1] - w[0] for q in queries for w in (q.windows or [])]

@@ -10,14 +10,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from amr.data.dataset import MomentDataset, SplitData, TimeMaskConfig, collate
+from amr.augment.time_mask import TimeMaskConfig
+from amr.data.dataset import MomentDataset, SplitData, collate
 from amr.data.features import Layout
 from amr.data.synth import generate
 
 
 class EpochSampler(Sampler[int]):
     """Shuffles with ``seed + epoch`` and tells the dataset the epoch (caption versions, time mask
-    and window draws change every epoch). Lightning calls ``set_epoch`` before each epoch."""
+    and window draws change every epoch). Lightning calls ``set_epoch`` before each epoch: the one
+    way the epoch reaches the datasets."""
 
     def __init__(self, dataset: MomentDataset, seed: int, shuffle: bool = True) -> None:
         self.dataset = dataset
@@ -58,7 +60,7 @@ class MomentDataModule(pl.LightningDataModule):
         seed: int,
         num_workers: int = 0,
         time_mask: TimeMaskConfig | None = None,
-        caption_tags: Sequence[str] = (),
+        pivots: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.cfg = data_cfg
@@ -68,7 +70,7 @@ class MomentDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.time_mask = time_mask
-        self.caption_tags = list(caption_tags)
+        self.pivots = list(pivots)
         self.splits: dict[str, MomentDataset] = {}
 
     def load(self) -> None:
@@ -88,7 +90,7 @@ class MomentDataModule(pl.LightningDataModule):
                 split,
                 self.cache_dir,
                 dtype=self.cfg.dtype,
-                tags=self.caption_tags if train else (),
+                pivots=self.pivots if train else (),
                 overlong=self.cfg.overlong,
             )
             self.splits[role] = MomentDataset(
@@ -96,7 +98,7 @@ class MomentDataModule(pl.LightningDataModule):
                 train=train,
                 seed=self.seed,
                 time_mask=self.time_mask,
-                caption_tags=self.caption_tags if train else (),
+                pivots=self.pivots if train else (),
                 **common,
             )
 

@@ -1,60 +1,38 @@
 """Training/evaluation items and batches, exactly as the official ``StartEndDataset`` makes them,
-read from the packed store, with the two augmentation hooks (caption versions, time mask)."""
+read from the packed store, with the two augmentations of ``amr.augment`` (caption versions,
+time mask) applied to training items."""
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from amr.augment.caption_versions import choose_version, resolve_versions, text_key
+from amr.augment.time_mask import TimeMaskConfig, apply_time_mask, time_mask_span
 from amr.data.annotations import OverlongPolicy, Query, load_annotations
 from amr.data.features import AUDIO_KEY, TEXT_KEY, Layout
 from amr.data.packed_store import PackedArrays, open_or_build
-from amr.errors import InputError
-from amr.io import read_jsonl
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class TimeMaskConfig:
-    """Zero one stretch of CLAP frames (all 768 dims, never the 2 time features), training only."""
-
-    p: float = 0.15
-    max_ratio: float = 0.10
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"time_mask.p must be in [0, 1], got {self.p}")
-        if not 0.0 <= self.max_ratio <= 1.0:
-            raise ValueError(f"time_mask.max_ratio must be in [0, 1], got {self.max_ratio}")
-
-
-def time_mask_span(n_frames: int, cfg: TimeMaskConfig, u: Sequence[float]) -> tuple[int, int] | None:
-    """The masked stretch [start, start + length) of a sample with ``n_frames`` valid frames.
-
-    With probability p: length uniform in 1..max(1, floor(max_ratio * T)), start uniform so that the
-    stretch fits inside the valid frames. At most one stretch per sample. ``u`` holds three uniform
-    draws in [0, 1).
-    """
-    if u[0] >= cfg.p:
-        return None
-    longest = max(1, int(np.floor(cfg.max_ratio * n_frames)))
-    length = min(1 + int(u[1] * longest), n_frames)
-    start = int(u[2] * (n_frames - length + 1))
-    return start, length
 
 
 def time_features(n: int) -> np.ndarray:
     """(n, 2) official time features [i/n, i/n + 1/n] appended to the audio frames."""
     st = np.arange(n, dtype=np.float32) / n
     return np.stack([st, st + 1.0 / n], 1)
+
+
+@functools.lru_cache(maxsize=512)
+def _time_features(n: int) -> np.ndarray:
+    """:func:`time_features`, computed once per length (read-only: shared between items)."""
+    tef = time_features(n)
+    tef.flags.writeable = False
+    return tef
 
 
 def _two_distinct(lo: int, n: int, u1: float, u2: float) -> list[int]:
@@ -66,14 +44,13 @@ def _two_distinct(lo: int, n: int, u1: float, u2: float) -> list[int]:
 
 @dataclass
 class SplitData:
-    """One split's annotations and its packed features (audio by vid, text by qid and version)."""
+    """One split's annotations and its packed features (audio by vid, text by qid and pivot)."""
 
     queries: list[Query]
     audio: PackedArrays
     text: PackedArrays
-    tags: list[str] = field(default_factory=list)  # caption-version tags available besides the original
-    # "tag/qid" -> "qid" where the tag's back-translation equalled the original caption (dropped)
-    alias: dict[str, str] = field(default_factory=dict)
+    pivots: list[str] = field(default_factory=list)  # caption versions available besides the original
+    alias: dict[str, str] = field(default_factory=dict)  # see caption_versions.resolve_versions
 
     @classmethod
     def load(
@@ -82,7 +59,7 @@ class SplitData:
         split: str,
         cache_dir: str | Path,
         dtype: str = "float32",
-        tags: Sequence[str] = (),
+        pivots: Sequence[str] = (),
         require_windows: bool = True,
         overlong: OverlongPolicy = "keep",
         annotations: str | Path | None = None,
@@ -91,72 +68,83 @@ class SplitData:
 
         Raises:
             InputError: bad annotation line, missing feature files (count and first ids), missing
-                caption versions for a tag (the tag and the count missing).
+                caption versions for a pivot (the pivot and the count missing).
         """
         path = Path(annotations) if annotations else layout.annotations(split)
         queries = load_annotations(path, require_windows=require_windows, overlong=overlong)
-        alias = _check_versions(layout, split, queries, tags) if tags else {}
+        feats = layout.features
+        qids = [q.qid for q in queries]
+        alias = resolve_versions(qids, pivots, layout.versions_file(split), feats.text_file) if pivots else {}
         vids = sorted({q.vid for q in queries})
         audio = open_or_build(
-            Path(cache_dir), vids, [layout.audio_file(v) for v in vids], AUDIO_KEY, dtype, normalize=True, kind="audio"
+            Path(cache_dir), vids, [feats.audio_file(v) for v in vids], AUDIO_KEY, dtype, normalize=True, kind="audio"
         )
-        keys = [q.qid for q in queries]
-        paths = [layout.text_file(q.qid) for q in queries]
-        for tag in tags:
-            own = [q for q in queries if f"{tag}/{q.qid}" not in alias]
-            keys += [f"{tag}/{q.qid}" for q in own]
-            paths += [layout.text_file(q.qid, tag) for q in own]
+        keys = list(qids)
+        paths = [feats.text_file(qid) for qid in qids]
+        for pivot in pivots:
+            own = [qid for qid in qids if f"{pivot}/{qid}" not in alias]
+            keys += [f"{pivot}/{qid}" for qid in own]
+            paths += [feats.text_file(qid, pivot) for qid in own]
         text = open_or_build(Path(cache_dir), keys, paths, TEXT_KEY, dtype, normalize=False, kind="text")
-        return cls(queries, audio, text, list(tags), alias)
+        return cls(queries, audio, text, list(pivots), alias)
 
 
-def _check_versions(layout: Layout, split: str, queries: Sequence[Query], tags: Sequence[str]) -> dict[str, str]:
-    """Every query needs a feature file for every configured tag, unless the paraphrase file records
-    that tag's back-translation as identical to the original (then the original serves). No silent
-    fallback otherwise. Returns the aliases of the identical ones."""
-    dropped: dict[str, set[str]] = {}
-    listed: dict[str, int] = {}  # texts per tag in the paraphrase file, for the error message
-    vf = layout.versions_file(split)
-    if vf.is_file():
-        for _, row in read_jsonl(vf):
-            for tag in row.get("dropped", []):
-                dropped.setdefault(tag, set()).add(str(row["qid"]))
-            for v in row.get("versions", []):
-                listed[v.get("pivot")] = listed.get(v.get("pivot"), 0) + 1
-    alias = {}
-    for tag in tags:
-        missing = []
-        for q in queries:
-            if q.qid in dropped.get(tag, ()):
-                alias[f"{tag}/{q.qid}"] = q.qid
-            elif not layout.text_file(q.qid, tag).is_file():
-                missing.append(q.qid)
-        if missing:
-            hint = ""
-            if vf.is_file():
-                hint = f" ({vf.name} lists {listed.get(tag, 0)} texts for '{tag}'; extract their text features)"
-            raise InputError(
-                f"caption version '{tag}' missing for {len(missing)} of {len(queries)} queries "
-                f"(first: {', '.join(missing[:3])}){hint}",
-                layout.text_dir(tag),
-            )
-    return alias
+class ItemDraws(NamedTuple):
+    """One item's uniform draws in [0, 1) for one epoch, by use."""
+
+    version: float  # which caption version
+    time_mask: Sequence[float]  # coin, length, start
+    saliency: Sequence[float]  # two positive frames, two negative frames
+
+    @classmethod
+    def from_row(cls, u: Sequence[float]) -> ItemDraws:
+        return cls(u[0], u[1:4], u[4:8])
+
+
+N_DRAWS = 8
+EVAL_DRAWS = ItemDraws.from_row([0.5] * N_DRAWS)  # evaluation draws nothing: fixed mid values
+
+
+def audio_input(frames: np.ndarray) -> np.ndarray:
+    """(T, D) normalised CLAP frames -> (T, D + 2) model input: the official time features appended."""
+    n = len(frames)
+    aud = np.empty((n, frames.shape[1] + 2), dtype=np.float32)
+    aud[:, :-2] = frames
+    aud[:, -2:] = _time_features(n)
+    return aud
+
+
+def make_item(
+    index: int, q: Query, txt: np.ndarray, aud: np.ndarray, pivot: str | None = None, masked: Any = None
+) -> dict[str, Any]:
+    """An unlabelled item as :func:`collate` takes it (labels are added by the dataset)."""
+    return {
+        "index": index,
+        "qid": q.qid,
+        "query": q.query,
+        "vid": q.vid,
+        "duration": q.duration,
+        "txt": txt,
+        "aud": aud,
+        "pivot": pivot,
+        "masked": masked,
+    }
 
 
 class MomentDataset(Dataset):
     """Items in the official format.
 
-    Official semantics kept (spec section 4): audio frames L2-normalised and truncated to
-    ``max_a_l``, 2 time features appended; text raw and untruncated; for training, at most
-    ``max_windows`` windows drawn at random per epoch (spec quirk 8), spans normalised by the frame
-    count (quirk 7), saliency labels from the first listed window only (after that draw).
+    Official semantics kept: audio frames L2-normalised and truncated to ``max_a_l``, 2 time
+    features appended; text raw and untruncated; for training, at most ``max_windows`` windows
+    drawn at random per epoch, spans normalised by the frame count (the official code does both,
+    and de-normalises predictions by the annotated duration), saliency labels from the first listed
+    window only (after that draw).
 
     Randomness: one table of uniform draws per epoch from ``np.random.default_rng([seed, epoch])``,
     row ``index`` for item ``index``: deterministic for a seed, independent of the number of workers
-    and of the batch order, and cheap per item. Call :meth:`set_epoch` before every epoch.
+    and of the batch order, and cheap per item. :meth:`set_epoch` is called before every epoch
+    (by the data module's sampler).
     """
-
-    N_DRAWS = 8  # version, 3 for the time mask, 2 positives, 2 negatives
 
     def __init__(
         self,
@@ -167,7 +155,7 @@ class MomentDataset(Dataset):
         max_windows: int = 5,
         clip_len: float = 1.0,
         time_mask: TimeMaskConfig | None = None,
-        caption_tags: Sequence[str] = (),
+        pivots: Sequence[str] = (),
         with_labels: bool = True,
     ) -> None:
         self.data = data
@@ -177,72 +165,45 @@ class MomentDataset(Dataset):
         self.max_windows = max_windows
         self.clip_len = clip_len
         self.time_mask = time_mask if train else None  # never at val/test
-        self.versions: list[str | None] = [None, *caption_tags] if train else [None]
-        unknown = set(caption_tags) - set(data.tags)
+        self.pivots = list(pivots) if train else []
+        unknown = set(self.pivots) - set(data.pivots)
         if unknown:
             raise ValueError(f"caption versions {sorted(unknown)} were not loaded for this split")
         self.with_labels = with_labels
         self.epoch = 0
         self._draws: np.ndarray | None = None
-        self._tef: dict[int, np.ndarray] = {}
         self._draws_epoch = -1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _time_features(self, n: int) -> np.ndarray:
-        """:func:`time_features`, computed once per length."""
-        tef = self._tef.get(n)
-        if tef is None:
-            tef = self._tef[n] = time_features(n)
-        return tef
-
-    def draws(self, index: int) -> np.ndarray:
+    def draws(self, index: int) -> ItemDraws:
+        if not self.train:
+            return EVAL_DRAWS
         if self._draws is None or self._draws_epoch != self.epoch:
             rng = np.random.default_rng([self.seed, self.epoch])
-            self._draws = rng.random((len(self), self.N_DRAWS))
+            self._draws = rng.random((len(self), N_DRAWS))
             self._draws_epoch = self.epoch
-        return self._draws[index]
+        return ItemDraws.from_row(self._draws[index].tolist())
 
     def __len__(self) -> int:
         return len(self.data.queries)
 
-    def text_key(self, q: Query, version: str | None) -> str:
-        """Packed-store key of a caption version; a version dropped as identical to the original
-        caption is served by the original."""
-        if version is None:
-            return q.qid
-        key = f"{version}/{q.qid}"
-        return self.data.alias.get(key, key)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         q = self.data.queries[index]
-        u = self.draws(index).tolist() if self.train else [0.5] * self.N_DRAWS
-        version = self.versions[int(u[0] * len(self.versions))]
-        txt = np.array(self.data.text[self.text_key(q, version)], dtype=np.float32)
-        frames = self.data.audio[q.vid][: self.max_a_l]
-        n = len(frames)
-        aud = np.empty((n, frames.shape[1] + 2), dtype=np.float32)
-        aud[:, :-2] = frames
-        aud[:, -2:] = self._time_features(n)
+        u = self.draws(index)
+        pivot = choose_version(self.pivots, u.version)
+        txt = np.array(self.data.text[text_key(q.qid, pivot, self.data.alias)], dtype=np.float32)
+        aud = audio_input(self.data.audio[q.vid][: self.max_a_l])
+        n = len(aud)
         masked = None
         if self.time_mask is not None:
-            masked = time_mask_span(n, self.time_mask, u[1:4])
+            masked = time_mask_span(n, self.time_mask, u.time_mask)
             if masked is not None:
-                aud[masked[0] : masked[0] + masked[1], :-2] = 0.0
-        item: dict[str, Any] = {
-            "index": index,
-            "qid": q.qid,
-            "query": q.query,
-            "vid": q.vid,
-            "duration": q.duration,
-            "txt": txt,
-            "aud": aud,
-            "version": version,
-            "masked": masked,
-        }
+                apply_time_mask(aud, masked)
+        item = make_item(index, q, txt, aud, pivot, masked)
         if self.with_labels and q.windows is not None:
-            item.update(self._labels(q.windows, n, u[4:8], index))
+            item.update(self._labels(q.windows, n, u.saliency, index))
         return item
 
     def _labels(self, windows: list[list[float]], n: int, u: Sequence[float], index: int) -> dict[str, Any]:
@@ -276,17 +237,17 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     lt = max(len(it["txt"]) for it in items)
     aud = torch.zeros(b, la, items[0]["aud"].shape[1])
     txt = torch.zeros(b, lt, items[0]["txt"].shape[1])
-    am = torch.zeros(b, la)
-    tm = torch.zeros(b, lt)
+    aud_mask = torch.zeros(b, la)
+    txt_mask = torch.zeros(b, lt)
     for i, it in enumerate(items):
         n, m = len(it["aud"]), len(it["txt"])
         aud[i, :n] = torch.from_numpy(it["aud"])
         txt[i, :m] = torch.from_numpy(it["txt"])
-        am[i, :n] = 1
-        tm[i, :m] = 1
+        aud_mask[i, :n] = 1
+        txt_mask[i, :m] = 1
     batch: dict[str, Any] = {
-        "inputs": {"src_txt": txt, "src_txt_mask": tm, "src_aud": aud, "src_aud_mask": am},
-        "meta": [{k: it[k] for k in ("qid", "query", "vid", "duration", "version", "masked")} for it in items],
+        "inputs": {"src_txt": txt, "src_txt_mask": txt_mask, "src_aud": aud, "src_aud_mask": aud_mask},
+        "meta": [{k: it[k] for k in ("qid", "query", "vid", "duration", "pivot", "masked")} for it in items],
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         "duration": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float64),
     }

@@ -7,9 +7,9 @@ A dataset root holds::
     features/<feat_dir>/clap_text/qid{qid}.npz       key "last_hidden_state", (L, 768), token level
 
 Caption versions (back-translations or synthetic paraphrases) keep the text layout one folder
-down, one folder per version tag (e.g. a pivot language)::
+down, one folder per pivot language::
 
-    features/<feat_dir>/clap_text_versions/<tag>/qid{qid}.npz
+    features/<feat_dir>/clap_text_versions/<pivot>/qid{qid}.npz
     data/<name>_<split>_paraphrases.jsonl            {"qid", "query", "versions": [{"pivot", "text"}],
                                                       "dropped": [pivots whose text equalled the original]}
 """
@@ -30,6 +30,27 @@ FEAT_DIM = 768
 
 
 @dataclass(frozen=True)
+class FeatureLayout:
+    """The files of one feature folder (``features/<feat_dir>``); feature extraction writes them,
+    the data layer reads them."""
+
+    folder: Path
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.folder / "clap"
+
+    def text_dir(self, pivot: str | None = None) -> Path:
+        return self.folder / "clap_text" if pivot is None else self.folder / "clap_text_versions" / pivot
+
+    def audio_file(self, vid: str) -> Path:
+        return self.audio_dir / f"{vid}.npz"
+
+    def text_file(self, qid: str, pivot: str | None = None) -> Path:
+        return self.text_dir(pivot) / f"qid{qid}.npz"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Where one dataset's files live under a root."""
 
@@ -44,18 +65,8 @@ class Layout:
         return self.root / "data" / f"{self.name}_{split}_paraphrases.jsonl"
 
     @property
-    def audio_dir(self) -> Path:
-        return self.root / "features" / self.feat_dir / "clap"
-
-    def text_dir(self, tag: str | None = None) -> Path:
-        base = self.root / "features" / self.feat_dir
-        return base / "clap_text" if tag is None else base / "clap_text_versions" / tag
-
-    def audio_file(self, vid: str) -> Path:
-        return self.audio_dir / f"{vid}.npz"
-
-    def text_file(self, qid: str, tag: str | None = None) -> Path:
-        return self.text_dir(tag) / f"qid{qid}.npz"
+    def features(self) -> FeatureLayout:
+        return FeatureLayout(self.root / "features" / self.feat_dir)
 
 
 def load_npz_array(path: Path, key: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from amr.data.features import check_present, l2_normalize, load_npz_array
+from amr.data.features import FEAT_DIM, check_present, l2_normalize, load_npz_array
 
 log = logging.getLogger(__name__)
 PACK_FORMAT = 1
@@ -49,10 +49,6 @@ class PackedArrays:
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
-
-    def length(self, key: str) -> int:
-        i = self.index[key]
-        return int(self.offsets[i + 1] - self.offsets[i])
 
     def __getitem__(self, key: str) -> np.ndarray:
         i = self.index[key]
@@ -87,7 +83,7 @@ def open_or_build(
     """Open the pack for these sources, building it first if no complete pack exists.
 
     Args:
-        keys: one id per array (vid, or qid with a version tag).
+        keys: one id per array (vid, qid, or "<pivot>/<qid>" for a caption version).
         paths: the npz file of each id.
         npz_key: array name inside each npz.
         dtype: storage dtype ("float32" or "float16").
@@ -117,7 +113,7 @@ def open_or_build(
             os.fsync(f.fileno())
         meta = {
             "format": PACK_FORMAT,
-            "dim": 768,
+            "dim": FEAT_DIM,
             "dtype": dtype,
             "keys": list(keys),
             "offsets": offsets,

@@ -10,7 +10,7 @@ The features are learnable but not trivial:
 * Recordings have one of several backgrounds with per-recording level, frame noise, and
   unannotated distractor events.
 * Each caption has three paraphrases (synonyms, other word order), each with its own text features,
-  stored as caption versions under the tags ``de``, ``fr`` and ``es`` so that the back-translation
+  stored as caption versions under the pivots ``de``, ``fr`` and ``es`` so that the back-translation
   machinery can be exercised with no translation model. They are paraphrases, not translations.
 
 Presets: ``clotho_moment`` (60 s recordings, 61 centred frames, one window per query, ``fg_dB``)
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from amr.data.features import AUDIO_KEY, TEXT_KEY, Layout
+from amr.augment.caption_versions import PIVOTS
+from amr.data.features import AUDIO_KEY, FEAT_DIM, TEXT_KEY, FeatureLayout, Layout
 from amr.io import atomic_open, write_jsonl
 
 SOURCES = {
@@ -84,7 +85,6 @@ MODIFIERS = ["loudly", "softly", "nearby", "in the distance", "repeatedly", "bri
 TEMPLATES = ["a {s} {a} {m}", "the {s} {a} {m}", "{m} a {s} {a}", "a {s} {a}", "someone hears a {s} that {a} {m}"]
 BACKGROUNDS = 6
 LATENT = 48
-TAGS = ("de", "fr", "es")
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ class _World:
 
     def __init__(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
-        self.text_proj = rng.standard_normal((LATENT, 768)) / np.sqrt(LATENT)
-        self.audio_proj = rng.standard_normal((LATENT, 768)) / np.sqrt(LATENT)
+        self.text_proj = rng.standard_normal((LATENT, FEAT_DIM)) / np.sqrt(LATENT)
+        self.audio_proj = rng.standard_normal((LATENT, FEAT_DIM)) / np.sqrt(LATENT)
         self.meaning: dict[str, np.ndarray] = {}
         self.identity: dict[str, np.ndarray] = {}
         for group in list(SOURCES.values()) + list(ACTIONS.values()):
@@ -139,7 +139,7 @@ class _World:
             words |= {w for phrase in group for w in phrase.split()}
         for w in sorted(words):
             self.meaning.setdefault(w, 0.3 * rng.standard_normal(LATENT))
-            self.identity[w] = rng.standard_normal(768) * 0.35
+            self.identity[w] = rng.standard_normal(FEAT_DIM) * 0.35
         self.background = rng.standard_normal((BACKGROUNDS, LATENT))
 
     def concept_audio(self, concept: tuple[str, str]) -> np.ndarray:
@@ -207,64 +207,79 @@ def generate(
     p = replace(p, recordings={k: max(2, round(v * scale)) for k, v in p.recordings.items()})
     layout = Layout(Path(out), p.name, p.feat_dir)
     world = _World(seed)
-    layout.audio_dir.mkdir(parents=True, exist_ok=True)
-    for tag in (None, *TAGS):
-        layout.text_dir(tag).mkdir(parents=True, exist_ok=True)
+    layout.features.audio_dir.mkdir(parents=True, exist_ok=True)
+    for pivot in (None, *PIVOTS):
+        layout.features.text_dir(pivot).mkdir(parents=True, exist_ok=True)
     qcount = 0
     for split_i, (split, n_rec) in enumerate(p.recordings.items()):
         rng = np.random.default_rng([seed, split_i, 7])
         rows: list[dict[str, Any]] = []
         versions: list[dict[str, Any]] = []
         for r in range(n_rec):
-            duration = int(rng.integers(p.min_s, p.max_s + 1))
-            frames = duration + 1 if p.centered else duration
-            bg = int(rng.integers(BACKGROUNDS))
             vid = f"synth_{p.name}_{split}_{r:05d}"
-            audio = (world.background[bg] @ world.audio_proj) * rng.uniform(0.3, 0.8)
-            audio = np.repeat(audio[None], frames, 0) + 0.35 * rng.standard_normal((frames, 768))
-            n_events = int(rng.integers(p.events_per_recording[0], p.events_per_recording[1] + 1))
-            concepts = rng.choice(len(CONCEPTS), size=n_events, replace=False)
-            n_win = [int(rng.integers(p.windows_per_query[0], p.windows_per_query[1] + 1)) for _ in concepts]
-            max_len = 25.0 if p.centered else min(40.0, duration / 4)
-            spots = _place(
-                rng, duration, sum(n_win), 1.0 if not p.centered else 4.0, max_len, decimals=1 if p.centered else 0
-            )
-            n_distract = int(rng.integers(p.distractors[0], p.distractors[1] + 1))
-            for _ in range(n_distract):  # unannotated events of concepts not queried here
-                c = int(rng.integers(len(CONCEPTS)))
-                if c in concepts:
-                    continue
-                w = _place(rng, duration, 1, 2.0, 12.0)
-                audio += np.outer(_activation(w, frames, p.centered), world.concept_audio(CONCEPTS[c])) * 0.8
-            pos = 0
-            for c, n in zip(concepts, n_win, strict=True):
-                windows = spots[pos : pos + n]
-                pos += n
-                if not windows:
-                    continue
-                level = float(rng.uniform(-5, 5))
-                gain = 10 ** (level / 20)
-                audio += np.outer(_activation(windows, frames, p.centered), world.concept_audio(CONCEPTS[c])) * gain
-                qid = f"{qcount:05d}" if p.centered else f"{vid}_{len(rows) + 1}"
-                qcount += 1
-                caption = world.caption(CONCEPTS[c], rng, 0)
-                row = {"qid": qid, "query": caption, "duration": duration, "vid": vid, "relevant_windows": windows}
-                if p.fg_db:
-                    row["fg_dB"] = level
-                rows.append(row)
-                _save(layout.text_file(qid), TEXT_KEY, world.text_features(caption, rng), dtype)
-                vers = []
-                for v, tag in enumerate(TAGS, start=1):
-                    text = world.caption(CONCEPTS[c], rng, v)
-                    vers.append({"pivot": tag, "text": text})
-                    _save(layout.text_file(qid, tag), TEXT_KEY, world.text_features(text, rng), dtype)
-                versions.append({"qid": qid, "query": caption, "versions": vers, "dropped": []})
-            _save(layout.audio_file(vid), AUDIO_KEY, audio, dtype)
+            qcount = _recording(p, world, rng, layout.features, vid, rows, versions, qcount, dtype)
         write_jsonl(layout.versions_file(split), versions)
         write_jsonl(layout.annotations(split), rows)
     with atomic_open(Path(out) / "data" / f"{p.name}_SYNTHETIC.json") as f:
         json.dump({"preset": preset, "seed": seed, "scale": scale, "note": "synthetic features, not real audio"}, f)
     return layout
+
+
+def _recording(
+    p: Preset,
+    world: _World,
+    rng: np.random.Generator,
+    feats: FeatureLayout,
+    vid: str,
+    rows: list[dict[str, Any]],
+    versions: list[dict[str, Any]],
+    qcount: int,
+    dtype: str,
+) -> int:
+    """Write one recording's features, its captions and their versions; append its annotation and
+    paraphrase lines. Returns the running query count."""
+    duration = int(rng.integers(p.min_s, p.max_s + 1))
+    frames = duration + 1 if p.centered else duration
+    bg = int(rng.integers(BACKGROUNDS))
+    audio = (world.background[bg] @ world.audio_proj) * rng.uniform(0.3, 0.8)
+    audio = np.repeat(audio[None], frames, 0) + 0.35 * rng.standard_normal((frames, FEAT_DIM))
+    n_events = int(rng.integers(p.events_per_recording[0], p.events_per_recording[1] + 1))
+    concepts = rng.choice(len(CONCEPTS), size=n_events, replace=False)
+    n_win = [int(rng.integers(p.windows_per_query[0], p.windows_per_query[1] + 1)) for _ in concepts]
+    max_len = 25.0 if p.centered else min(40.0, duration / 4)
+    spots = _place(rng, duration, sum(n_win), 1.0 if not p.centered else 4.0, max_len, decimals=1 if p.centered else 0)
+    n_distract = int(rng.integers(p.distractors[0], p.distractors[1] + 1))
+    for _ in range(n_distract):  # unannotated events of concepts not queried here
+        c = int(rng.integers(len(CONCEPTS)))
+        if c in concepts:
+            continue
+        w = _place(rng, duration, 1, 2.0, 12.0)
+        audio += np.outer(_activation(w, frames, p.centered), world.concept_audio(CONCEPTS[c])) * 0.8
+    pos = 0
+    for c, n in zip(concepts, n_win, strict=True):
+        windows = spots[pos : pos + n]
+        pos += n
+        if not windows:
+            continue
+        level = float(rng.uniform(-5, 5))
+        gain = 10 ** (level / 20)
+        audio += np.outer(_activation(windows, frames, p.centered), world.concept_audio(CONCEPTS[c])) * gain
+        qid = f"{qcount:05d}" if p.centered else f"{vid}_{len(rows) + 1}"
+        qcount += 1
+        caption = world.caption(CONCEPTS[c], rng, 0)
+        row = {"qid": qid, "query": caption, "duration": duration, "vid": vid, "relevant_windows": windows}
+        if p.fg_db:
+            row["fg_dB"] = level
+        rows.append(row)
+        _save(feats.text_file(qid), TEXT_KEY, world.text_features(caption, rng), dtype)
+        vers = []
+        for v, pivot in enumerate(PIVOTS, start=1):
+            text = world.caption(CONCEPTS[c], rng, v)
+            vers.append({"pivot": pivot, "text": text})
+            _save(feats.text_file(qid, pivot), TEXT_KEY, world.text_features(text, rng), dtype)
+        versions.append({"qid": qid, "query": caption, "versions": vers, "dropped": []})
+    _save(feats.audio_file(vid), AUDIO_KEY, audio, dtype)
+    return qcount
 
 
 def _save(path: Path, key: str, arr: np.ndarray, dtype: str = "float16") -> None:

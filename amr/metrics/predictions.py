@@ -6,7 +6,6 @@ Submission line: the same with ``[[st, ed], ...]``, at most 10 windows in descen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,8 @@ import numpy as np
 
 from amr.data.annotations import load_annotations
 from amr.errors import InputError
-from amr.io import read_jsonl, write_json, write_jsonl
+from amr.io import finite_number, read_jsonl, write_json, write_jsonl
 from amr.metrics.retrieval import MAX_PREDICTIONS, evaluate
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def load_predictions(
@@ -51,7 +46,7 @@ def load_predictions(
         for w in rows:
             if not isinstance(w, list) or len(w) < 3:
                 raise InputError(f"qid {qid}: window {w!r} is not [start, end, score]", path, line)
-            if not all(_num(v) for v in w[:3]):
+            if not all(finite_number(v) for v in w[:3]):
                 raise InputError(f"qid {qid}: window {w!r} has a non-numeric value", path, line)
             if w[1] < w[0] and not allow_reversed:
                 raise InputError(f"qid {qid}: window {w!r} ends before it starts", path, line)

@@ -25,6 +25,8 @@ MAX_PREDICTIONS = 10
 GT_LENGTH_RANGE = (0.0, 1500.0)
 
 BRIEF_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75")
+# the short name each brief key is logged, tabulated and charted under
+SHORT_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
 
 
 def _round(x: float) -> float:

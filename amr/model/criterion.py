@@ -3,6 +3,8 @@ on the final decoder layer and (without saliency) on every auxiliary layer."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +58,8 @@ class SetCriterion(nn.Module):
         ce = F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight, reduction="none")
         matched = logits[idx]
         correct = (matched.argmax(-1) == FOREGROUND).float().mean() * 100 if len(matched) else logits.new_tensor(0.0)
-        # Official quirk (spec quirk 9): plain mean of the class-weighted CE, not normalised by the weights.
+        # Official quirk, kept for parity: a plain mean of the class-weighted CE, not divided by the sum
+        # of the weights as a weighted mean would be (it scales this term's gradient).
         return {"loss_label": ce.mean(), "class_error": (100 - correct).detach()}
 
     def loss_saliency(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
@@ -77,7 +80,7 @@ class SetCriterion(nn.Module):
         log_prob = logits - torch.log(logits.exp().sum(1, keepdim=True) + 1e-6)
         rank = sal.new_zeros(())
         # Official: thresholds 1..11 over the saliency level; binary labels make only level 1 active.
-        # The sum is still divided by 12 (spec quirk 9).
+        # The official code still divides the sum by 12 (its 11 thresholds + 1); kept for parity.
         top = int(labels.max().item()) if labels.numel() else 0
         for level in range(1, min(top, 11) + 1):
             pos = (labels >= level).to(sal.dtype)
@@ -117,3 +120,43 @@ class SetCriterion(nn.Module):
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """Weighted sum of the terms that have a weight."""
         return torch.stack([losses[k] * w for k, w in self.weight_dict.items() if k in losses]).sum()
+
+
+def official_weight_dict(
+    span: float = 10.0,
+    giou: float = 1.0,
+    label: float = 4.0,
+    saliency: float = 1.0,
+    dec_layers: int = 2,
+    aux_loss: bool = True,
+) -> dict[str, float]:
+    weights = {"loss_span": span, "loss_giou": giou, "loss_label": label, "loss_saliency": saliency}
+    if aux_loss:
+        for i in range(dec_layers - 1):
+            weights.update({f"loss_span_{i}": span, f"loss_giou_{i}": giou, f"loss_label_{i}": label})
+    return weights
+
+
+@dataclass
+class LossConfig:
+    """Matching costs and loss weights; the defaults are the official ``config.yml`` values."""
+
+    set_cost_class: float = 4.0
+    set_cost_span: float = 10.0
+    set_cost_giou: float = 1.0
+    span_loss_coef: float = 10.0
+    giou_loss_coef: float = 1.0
+    label_loss_coef: float = 4.0
+    lw_saliency: float = 1.0
+    eos_coef: float = 0.1
+    saliency_margin: float = 0.2
+
+
+def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float) -> SetCriterion:
+    """The official criterion; keyword arguments override fields of :class:`LossConfig`."""
+    c = LossConfig(**losses)
+    matcher = HungarianMatcher(cost_class=c.set_cost_class, cost_span=c.set_cost_span, cost_giou=c.set_cost_giou)
+    weights = official_weight_dict(
+        c.span_loss_coef, c.giou_loss_coef, c.label_loss_coef, c.lw_saliency, dec_layers, aux_loss
+    )
+    return SetCriterion(matcher, weights, eos_coef=c.eos_coef, saliency_margin=c.saliency_margin)

@@ -36,7 +36,7 @@ class DecoderLayer(_FFN):
     In cross-attention each head's query is [content (d/H) ; projected sine of the anchor (d/H)] and
     each head's key is [content ; projected audio position], so q/k are 2d wide and the scale is
     1/sqrt(2d/H). Only the first layer adds the query position to the content (``ca_qpos_proj``);
-    later layers have none (spec quirk 4).
+    later layers have none (as the official decoder builds it).
     """
 
     def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float, first: bool) -> None:
@@ -109,7 +109,7 @@ class Decoder(nn.Module):
         self.ref_anchor_head = MLP(dim, dim, 1, 2)
         last = self.bbox_embed.layers[-1]
         assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)  # overwritten by the transformer's xavier init (spec quirk 5)
+        nn.init.zeros_(last.weight)  # overwritten by the transformer's xavier init (official)
         nn.init.zeros_(last.bias)
 
     def forward(self, memory: Tensor, mem_pos: Tensor, mem_blocked: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:

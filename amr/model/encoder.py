@@ -20,7 +20,7 @@ T2VMask = Literal["official", "per_sample"]
 def t2v_blocked(aud_pad: Tensor, txt_pad: Tensor, nhead: int, mode: T2VMask) -> Tensor:
     """Which text tokens each audio frame may not attend to, per head.
 
-    Official quirk (spec quirk 1): the baseline builds the (B, La, Lt) mask ``pad_aud x pad_txt``,
+    Official quirk, kept for parity: the baseline builds the (B, La, Lt) mask ``pad_aud x pad_txt``,
     repeats it head-major with ``.repeat(nhead, 1, 1)`` while attention reads it batch-major, so head
     h of sample b uses the mask of sample ``(b * nhead + h) % B``. Valid frames of b can then lose
     valid tokens of b in some heads when another sample has shorter audio and text: a sample's output
@@ -67,7 +67,7 @@ class _EncoderLayer(_FFN):
 class TextToAudioLayer(_EncoderLayer):
     """Audio frames attend to text tokens; text passes through unchanged.
 
-    Official quirk (spec quirk 3): the FFN reads ``norm1(x)`` but its residual adds the un-normalised
+    Official quirk, kept for parity: the FFN reads ``norm1(x)`` but its residual adds the un-normalised
     ``x``; only ``norm2`` follows. Values carry no position; text position is zero.
     """
 

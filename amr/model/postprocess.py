@@ -20,7 +20,7 @@ def postprocess(
 ) -> list[list[list[float]]]:
     """Official ranking and rounding, value for value.
 
-    For each sample: spans are de-normalised by the JSONL ``duration`` (spec quirk 7: training
+    For each sample: spans are de-normalised by the JSONL ``duration`` (official, although training
     normalised them by the frame count), ranked by foreground probability (stable), every value
     rounded to 4 decimals; then start/end are clamped to ``[0, max_ts]`` (a fixed 300 s, not the
     recording's duration) and rounded half-to-even to multiples of ``clip_length`` in float32.

@@ -82,7 +82,7 @@ def _projection(in_dim: int, cfg: QDDETRConfig) -> nn.Sequential:
 
 class Transformer(nn.Module):
     """T2V encoder, self-attention encoder and decoder. Every >1-d parameter inside gets xavier init
-    (this overwrites the decoder's zero-initialised ``bbox_embed`` weight, spec quirk 5)."""
+    (this overwrites the decoder's zero-initialised ``bbox_embed`` weight, as the official code does)."""
 
     def __init__(self, cfg: QDDETRConfig) -> None:
         super().__init__()

@@ -11,6 +11,53 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def _sentencepiece(tmp: Path, lang: str, lines: Sequence[str], vocab_size: int) -> Path:
+    """A unigram sentencepiece model of ``lines``."""
+    import sentencepiece as spm
+
+    text = tmp / f"{lang}.txt"
+    text.write_text("\n".join(lines) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(tmp / lang),
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        unk_id=0,
+        eos_id=1,
+        bos_id=-1,
+        pad_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return tmp / f"{lang}.model"
+
+
+def _tokenizer_files(out: Path, src: str, tgt: str, corpus: Sequence[str], vocab_size: int, pad_to: int) -> dict:
+    """source.spm, target.spm and the joint vocab.json of a Marian folder; returns the vocab."""
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # a different "language" per side: the same corpus, words reversed on the target side
+        models = {
+            src: _sentencepiece(Path(tmp), src, list(corpus), vocab_size),
+            tgt: _sentencepiece(Path(tmp), tgt, [" ".join(w[::-1] for w in s.split()) for s in corpus], vocab_size),
+        }
+        vocab = {"</s>": 0, "<unk>": 1}
+        for lang in (src, tgt):
+            sp = spm.SentencePieceProcessor(model_file=str(models[lang]))
+            for i in range(sp.get_piece_size()):
+                if not (sp.is_control(i) or sp.is_unknown(i)):
+                    vocab.setdefault(sp.id_to_piece(i), len(vocab))
+        while len(vocab) < pad_to - 1:  # filler entries: OPUS-MT-sized embedding and output layers
+            vocab[f"<filler{len(vocab)}>"] = len(vocab)
+        vocab["<pad>"] = len(vocab)
+        (out / "vocab.json").write_text(json.dumps(vocab))
+        shutil.copy(models[src], out / "source.spm")
+        shutil.copy(models[tgt], out / "target.spm")
+    return vocab
+
+
 def build_tiny_marian(
     out: str | Path,
     src: str,
@@ -29,45 +76,12 @@ def build_tiny_marian(
     ``d_model=512, layers=6, ffn=2048, heads=8, pad_vocab_to=58101`` gives an OPUS-MT-sized model
     (74 M parameters) for speed measurements.
     """
-    import sentencepiece as spm
     import torch
     from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        models = {}
-        for lang, shift in ((src, 0), (tgt, 1)):
-            text = Path(tmp) / f"{lang}.txt"
-            # a different "language" per side: the same corpus, words reversed on the target side
-            lines = [s if shift == 0 else " ".join(w[::-1] for w in s.split()) for s in corpus]
-            text.write_text("\n".join(lines) + "\n")
-            spm.SentencePieceTrainer.train(
-                input=str(text),
-                model_prefix=str(Path(tmp) / lang),
-                vocab_size=vocab_size,
-                model_type="unigram",
-                character_coverage=1.0,
-                unk_id=0,
-                eos_id=1,
-                bos_id=-1,
-                pad_id=-1,
-                hard_vocab_limit=False,
-                minloglevel=2,
-            )
-            models[lang] = Path(tmp) / f"{lang}.model"
-        vocab = {"</s>": 0, "<unk>": 1}
-        for lang in (src, tgt):
-            sp = spm.SentencePieceProcessor(model_file=str(models[lang]))
-            for i in range(sp.get_piece_size()):
-                if not (sp.is_control(i) or sp.is_unknown(i)):
-                    vocab.setdefault(sp.id_to_piece(i), len(vocab))
-        while len(vocab) < pad_vocab_to - 1:  # filler entries: OPUS-MT-sized embedding and output layers
-            vocab[f"<filler{len(vocab)}>"] = len(vocab)
-        vocab["<pad>"] = len(vocab)
-        (out / "vocab.json").write_text(json.dumps(vocab))
-        shutil.copy(models[src], out / "source.spm")
-        shutil.copy(models[tgt], out / "target.spm")
+    vocab = _tokenizer_files(out, src, tgt, corpus, vocab_size, pad_vocab_to)
     tok = MarianTokenizer(
         source_spm=str(out / "source.spm"),
         target_spm=str(out / "target.spm"),

@@ -6,7 +6,7 @@ from a local cache folder, because msclap's packaged config names ``gpt2`` even 
 are a local file. Use :func:`offline_env` for the processes that load it: ``HF_HOME`` must be set
 before transformers is imported.
 
-    python -m amr.clap.tiny OUT        # OUT/hf_home (the fake 'gpt2'), OUT/clap_weights.pth
+    python -m amr.testing.tiny_clap OUT        # OUT/hf_home (the fake 'gpt2'), OUT/clap_weights.pth
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def build_weights(path: Path, seed: int = 0) -> Path:
 
 def main(argv: Sequence[str]) -> None:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m amr.clap.tiny OUT")
+        raise SystemExit("usage: python -m amr.testing.tiny_clap OUT")
     root = Path(argv[0])
     os.environ.update(offline_env(root))  # before transformers / huggingface_hub are imported
     build_text_model(root / "hf_home", corpus())

@@ -1,0 +1,158 @@
+"""Every checkpoint amr reads or writes, in one place.
+
+Three kinds come in:
+
+- **amr checkpoints**, in Lightning's format: ``state_dict`` (the training module's keys:
+  ``model.*`` for the network, ``criterion.*`` for its buffers) and ``hyper_parameters``
+  (``model``, ``loss``, ``optim``). Training writes them (``best.ckpt`` holds weights only,
+  ``last.ckpt`` adds the optimiser and loop state for resuming); ``amr export`` and
+  ``amr convert-official`` write the weights-only form.
+- **official baseline** ``.pth`` files: ``{"model": state_dict, ...}`` or a bare state dict.
+- **MS-CLAP 2023** weights: the same two layouts, keys possibly prefixed by ``module.``.
+
+Everything is read with ``torch.load(weights_only=True)``: a file that needs more than tensors
+and plain containers to unpickle is refused, never executed. Every load is strict: the missing,
+unexpected and mis-shaped keys are named in one line.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amr.errors import InputError
+from amr.io import atomic_open
+from amr.model import QDDETR, QDDETRConfig
+
+STATE = "state_dict"
+HPARAMS = "hyper_parameters"
+
+
+def read(path: str | Path) -> Any:
+    """The unpickled object of a checkpoint file, tensors on the CPU; code inside is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
+        what = f"it names {found.group(1)}" if found else "it holds objects that are not weights"
+        raise InputError(f"refused to load: {what}, and unpickling it could run code", path) from None
+    except Exception as e:  # truncated, not a torch file, ...
+        raise InputError(f"unreadable checkpoint ({type(e).__name__})", path) from None
+
+
+def state_dict(obj: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a bare state dict or of ``{"model": state_dict, ...}``, ``module.`` prefixes
+    (from data-parallel training) removed."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"not a {what} checkpoint (expected a state dict, or a dict with key 'model')", path)
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    what: str,
+    ignore: re.Pattern[str] | None = None,
+) -> list[str]:
+    """Load every weight of ``module`` from ``state`` or fail naming the missing, unexpected and
+    mis-shaped keys. Unexpected keys matching ``ignore`` (derived buffers that other library
+    versions save) are skipped and returned."""
+    own = module.state_dict()
+    unexpected = [k for k in state if k not in own]
+    ignored = [k for k in unexpected if ignore is not None and ignore.search(k)]
+    problems = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in unexpected if k not in ignored],
+        "shape mismatch": [
+            f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ],
+    }
+    parts = [f"{len(keys)} {name} (first: {', '.join(keys[:3])})" for name, keys in problems.items() if keys]
+    if parts:
+        raise InputError(f"weights do not fit {what}: " + "; ".join(parts), path)
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    return ignored
+
+
+def read_amr(path: str | Path) -> dict[str, Any]:
+    """An amr checkpoint's dict; an official ``.pth`` gets a hint to convert it first."""
+    ckpt = read(path)
+    if not isinstance(ckpt, dict) or STATE not in ckpt or HPARAMS not in ckpt:
+        model = ckpt.get("model") if isinstance(ckpt, dict) else None
+        official = isinstance(model, dict) and "saliency_proj1.weight" in model
+        hint = " (an official QD-DETR checkpoint: run `amr convert-official` first)" if official else ""
+        raise InputError(f"not an amr checkpoint: no '{STATE}'/'{HPARAMS}'{hint}", path)
+    return ckpt
+
+
+def load_model(path: str | Path) -> QDDETR:
+    """The network of an amr checkpoint, built from the config stored with it, in eval mode."""
+    ckpt = read_amr(path)
+    try:
+        model = QDDETR(QDDETRConfig(**ckpt[HPARAMS]["model"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise InputError(f"checkpoint holds an unknown model config ({e})", path) from None
+    state = {k.removeprefix("model."): v for k, v in ckpt[STATE].items() if not k.startswith("criterion.")}
+    load_strict(model, state, path, "the checkpoint's model config")
+    return model.eval()
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Initialise a training module from an amr checkpoint's weights (no optimiser, no epoch)."""
+    load_strict(module, read_amr(path)[STATE], path, "this run's model config")
+
+
+def load_official(source: str | Path | dict[str, Any], t2v_mask: str = "official", **config: Any) -> QDDETR:
+    """The baseline network with official weights (an official ``.pth`` or a state dict), eval mode.
+
+    ``t2v_mask="official"`` reproduces the official batched outputs bit for bit; ``per_sample``
+    makes each sample's output independent of its batch.
+    """
+    where = source if isinstance(source, (str, Path)) else "<state dict>"
+    obj = read(source) if isinstance(source, (str, Path)) else source
+    model = QDDETR(QDDETRConfig(t2v_mask=t2v_mask, **config))
+    load_strict(model, state_dict(obj, where, "QD-DETR"), where, "the baseline network")
+    return model.eval()
+
+
+def read_clap_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The MS-CLAP 2023 state dict of a weights file."""
+    return state_dict(read(path), path, "MS-CLAP")
+
+
+def write_weights(path: str | Path, state: dict[str, torch.Tensor], hyper_parameters: dict[str, Any]) -> Path:
+    """A weights-only amr checkpoint (atomic; never over an existing file). Lightning, ``init_from``,
+    ``amr predict`` and ``amr submit`` all read it."""
+    path = Path(path)
+    if path.exists():
+        raise InputError("output exists; refusing to overwrite", path)
+    obj = {
+        STATE: {k: v.detach().cpu() for k, v in state.items()},
+        HPARAMS: hyper_parameters,
+        "pytorch-lightning_version": importlib.metadata.version("pytorch-lightning"),
+    }
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return path
+
+
+def export(src: str | Path, out: str | Path) -> Path:
+    """The weights and config of a training checkpoint (``last.ckpt`` included), without optimiser,
+    scheduler, loop or callback state: for sharing, and about a third of the size."""
+    ckpt = read_amr(src)
+    load_model(src)  # refuse weights that do not fit their own config before writing anything
+    return write_weights(out, ckpt[STATE], ckpt[HPARAMS])

@@ -1,0 +1,57 @@
+"""Shared helpers of the tests: subprocess runners with the offline tiny MS-CLAP, test audio, and a
+random-weight amr checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amr.testing.tiny_clap import offline_env
+
+needs_msclap = pytest.mark.skipif(
+    importlib.util.find_spec("msclap") is None, reason="msclap is not installed (pip install -e '.[clap]')"
+)
+
+# name -> (seconds, sample rate, channels); frames = floor(seconds), +1 centered
+GOOD = {"a": (3.4, 32_000, 1), "b": (2.0, 48_000, 2), "c": (1.5, 44_100, 1), "long": (7.5, 22_050, 1)}
+CAPTIONS = {"q1": "A dog barks loudly", "q2": "rain falls softly outside", "q3": "A dog barks loudly"}
+
+
+def run_python(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the offline environment of the tiny MS-CLAP under ``root``."""
+    env = {**os.environ, **offline_env(root), "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_amr(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run_python(["-m", "amr.cli", *args], root, check)
+
+
+def wav_sample_rate_zero(path: Path) -> None:
+    data = np.zeros(400, dtype="<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, 0, 0, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def random_checkpoint(path: Path, **model) -> Path:
+    """A weights-only amr checkpoint of a randomly initialised network (Lightning's layout)."""
+    from amr.config import LossCfg, ModelCfg, OptimCfg
+    from amr.lit_module import MomentRetrievalModule
+
+    torch.manual_seed(0)
+    m = MomentRetrievalModule(model=asdict(ModelCfg(**model)), loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
+    return path

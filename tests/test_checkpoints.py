@@ -1,0 +1,101 @@
+"""amr.checkpoints: the one room that reads and writes checkpoints: strict, weights only, never
+executing a file's code."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+import torch
+
+from amr import checkpoints
+from amr.cli import main
+from amr.errors import InputError
+from tests.helpers import random_checkpoint
+
+
+def test_checkpoint_of_another_model_config_is_refused(tmp_path) -> None:
+    ckpt = random_checkpoint(tmp_path / "a.ckpt")
+    obj = torch.load(ckpt, weights_only=True)
+    obj["hyper_parameters"]["model"]["hidden_dim"] = 128
+    torch.save(obj, tmp_path / "b.ckpt")
+    with pytest.raises(
+        InputError, match=r"b\.ckpt: weights do not fit the checkpoint's model config: .*shape mismatch"
+    ):
+        checkpoints.load_model(tmp_path / "b.ckpt")
+    official = {k.removeprefix("model."): v for k, v in obj["state_dict"].items() if k.startswith("model.")}
+    torch.save({"model": official}, tmp_path / "c.pth")  # the official .pth layout
+    with pytest.raises(InputError, match="convert-official"):
+        checkpoints.load_model(tmp_path / "c.pth")
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: a stand-in for any code a checkpoint could carry."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        checkpoints.load_model,  # amr predict, amr submit, Predictor
+        lambda p: checkpoints.load_weights(torch.nn.Linear(1, 1), p),  # init_from
+        checkpoints.load_official,  # amr convert-official
+        checkpoints.read_clap_state,  # MS-CLAP weights
+        lambda p: checkpoints.export(p, p.with_suffix(".out")),  # amr export
+    ],
+)
+def test_a_checkpoint_carrying_code_is_refused_not_run(tmp_path, load) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}, "model": _Payload(marker)}, path)
+    with pytest.raises(InputError, match=r"evil\.ckpt: refused to load: it names (posix|os|nt)\.mkdir"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_strict_load_names_missing_unexpected_and_misshaped_keys(tmp_path) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    state = {"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(4), "1.weight": torch.zeros(1, 3), "x": torch.ones(1)}
+    with pytest.raises(InputError) as err:
+        checkpoints.load_strict(net, state, "f.pth", "the net")
+    msg = str(err.value)
+    assert msg.startswith("f.pth: weights do not fit the net: ")
+    assert "1 missing (first: 1.bias)" in msg and "1 unexpected (first: x)" in msg
+    assert "1 shape mismatch (first: 0.bias (4,) vs (3,))" in msg
+    state["0.bias"] = torch.full((3,), 2.0)
+    state["1.bias"] = torch.ones(1)
+    import re
+
+    assert checkpoints.load_strict(net, state, "f.pth", "the net", ignore=re.compile("^x$")) == ["x"]
+    assert torch.equal(net[0].bias, torch.full((3,), 2.0))
+
+
+def test_export_keeps_weights_and_config_only(tmp_path) -> None:
+    src = random_checkpoint(tmp_path / "last.ckpt")
+    obj = torch.load(src, weights_only=True)
+    moments = {
+        i: {"exp_avg": torch.ones_like(v), "exp_avg_sq": torch.ones_like(v)}
+        for i, v in enumerate(obj["state_dict"].values())
+    }
+    obj["optimizer_states"] = [{"state": moments}]  # AdamW's two moments per weight, as training saves them
+    obj["loops"] = {"fit_loop": {"epoch": 3}}
+    torch.save(obj, src)
+    out = tmp_path / "shared.ckpt"
+    main(["export", str(src), str(out)])
+    got = torch.load(out, weights_only=True)
+    assert set(got) == {"state_dict", "hyper_parameters", "pytorch-lightning_version"}
+    assert got["hyper_parameters"] == obj["hyper_parameters"]
+    for k, v in obj["state_dict"].items():
+        assert torch.equal(got["state_dict"][k], v)
+    assert out.stat().st_size < src.stat().st_size / 2
+    a, b = checkpoints.load_model(src), checkpoints.load_model(out)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with pytest.raises(SystemExit):  # never overwrites
+        main(["export", str(src), str(out)])
