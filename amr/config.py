@@ -85,12 +85,33 @@ class AugmentCfg:
 
 
 @dataclass
-class LoggerCfg:
-    kind: str = "csv"  # csv | wandb | tensorboard | none
+class CsvLoggerCfg:
+    """``logs/<stage>/metrics.csv`` of each stage (what ``amr report`` draws its curves from)."""
+
+
+@dataclass
+class TensorboardLoggerCfg:
+    """``logs/<stage>/events.out.tfevents.*`` of each stage."""
+
+
+@dataclass
+class WandbLoggerCfg:
+    """One W&B run per stage of each job, grouped by system (experiment + the overrides that set it
+    apart, not the seed)."""
+
     project: str = "amr"
     entity: str | None = None
-    mode: str = "offline"  # wandb: online | offline | disabled
-    group: str | None = None
+    mode: str = "offline"  # online | offline | disabled
+    group: str | None = None  # default: the system
+
+
+@dataclass
+class LoggerCfg:
+    """The loggers of a run, several at once: ``logger=[csv,wandb]``; ``logger=none`` for none."""
+
+    csv: CsvLoggerCfg | None = None
+    tensorboard: TensorboardLoggerCfg | None = None
+    wandb: WandbLoggerCfg | None = None
 
 
 @dataclass
@@ -116,47 +137,150 @@ class TrainConfig:
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> Lightning callback (``_target_``)
     paths: PathsCfg = field(default_factory=PathsCfg)
     num_workers: int = 0
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
     init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
+    fit: bool = True  # false: only evaluate ``ckpt_path`` on the configured data
     test: bool = True
     reuse_pretrain: bool = True
     tags: list[str] = field(default_factory=list)
     synthetic_scale: float = 1.0  # size of generated synthetic datasets (debug presets shrink it)
 
 
+def plain(node: Any) -> dict[str, Any]:
+    """A resolved config node as a plain dict."""
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
+    """The time mask (or None) and the caption-version pivots a stage trains with."""
+    time_mask = TimeMaskConfig(**plain(cfg.augment.time_mask))
+    bt = cfg.augment.backtranslation
+    return (time_mask if time_mask.used_in(stage) else None), (list(bt.pivots) if stage in bt.stages else [])
+
+
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def _in(value: Any, allowed: tuple, what: str) -> None:
+def _in(value: Any, allowed: tuple | list, what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range and choice checks the schema types cannot express. Raises ValueError with the key."""
+def _lightning_precisions() -> tuple:
+    """The ``precision`` values Lightning's Trainer accepts (its own type alias)."""
+    import typing
+
+    from lightning_fabric.connector import _PRECISION_INPUT
+
+    flat: list = []
+    for arg in typing.get_args(_PRECISION_INPUT):
+        flat += [str(v) for v in typing.get_args(arg)]
+    return tuple(dict.fromkeys(flat))
+
+
+def _validate_trainer(trainer: DictConfig) -> None:
+    if "max_epochs" in trainer:
+        raise ValueError("trainer.max_epochs is not read: set pretrain.max_epochs and train.max_epochs")
+    if "precision" in trainer:
+        _in(str(trainer.precision), _lightning_precisions(), "trainer.precision")
+    if "accelerator" in trainer:
+        _in(trainer.accelerator, ("cpu", "gpu", "cuda", "mps", "tpu", "auto"), "trainer.accelerator")
+    devices = trainer.get("devices", "auto")
+    ok = devices == "auto" or (isinstance(devices, int) and devices >= -1 and devices != 0)
+    ok = ok or (OmegaConf.is_list(devices) and all(isinstance(d, int) and d >= 0 for d in devices))
+    if not ok:
+        raise ValueError(f"trainer.devices must be 'auto', -1, a positive count or a list of ids, got {devices!r}")
+
+
+def _validate_numbers(cfg: DictConfig) -> None:
+    for key in ("model.dropout", "model.input_dropout"):
+        value = OmegaConf.select(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{key} must be in [0, 1), got {value}")
+    if not cfg.optim.lr > 0:
+        raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.weight_decay < 0:
+        raise ValueError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    for name, stage in (("train", cfg.train), ("pretrain", cfg.pretrain)):
+        for key in ("batch_size", "eval_batch_size"):
+            if stage[key] < 1:
+                raise ValueError(f"{name}.{key} must be >= 1, got {stage[key]}")
+        if stage.max_epochs < 0:
+            raise ValueError(f"{name}.max_epochs must be >= 0, got {stage.max_epochs}")
+
+
+def stages_of(cfg: DictConfig) -> tuple[str, ...]:
+    """The stages this run has: ``finetune`` always (a run without pre-training has that one
+    stage), ``pretrain`` before it when enabled."""
+    return ("pretrain", "finetune") if cfg.pretrain.enabled else ("finetune",)
+
+
+def _validate_augment(cfg: DictConfig) -> None:
     TimeMaskConfig(**OmegaConf.to_container(cfg.augment.time_mask, resolve=True))  # type: ignore[arg-type]
+    bt = cfg.augment.backtranslation
     for key, stages in (
         ("augment.time_mask.stages", cfg.augment.time_mask.stages),
-        ("augment.backtranslation.stages", cfg.augment.backtranslation.stages),
+        ("augment.backtranslation.stages", bt.stages),
     ):
         for s in stages:
             _in(s, STAGES, f"each of {key}")
-    for p in cfg.augment.backtranslation.pivots:
+        if list(stages) and not set(stages) & set(stages_of(cfg)):
+            raise ValueError(
+                f"{key}={list(stages)} but this run has only the stages {list(stages_of(cfg))}: it would be ignored"
+            )
+    for p in bt.pivots:
         _in(p, PIVOTS, "each of augment.backtranslation.pivots")
+    pivots, stages = list(bt.pivots), list(bt.stages)
+    if stages and not pivots:
+        raise ValueError(
+            f"augment.backtranslation.stages={stages} but augment.backtranslation.pivots=[]: nothing to draw"
+        )
+    if pivots and not stages:
+        raise ValueError(f"augment.backtranslation.pivots={pivots} but augment.backtranslation.stages=[]: never used")
+
+
+def inactive_keys(cfg: DictConfig) -> set[str]:
+    """Settings that the composed config never reads (a search over them would change nothing)."""
+    off = set()
+    tm = cfg.augment.time_mask
+    if not list(tm.stages):
+        off |= {"augment.time_mask.p", "augment.time_mask.max_ratio"}
+    elif tm.p == 0:
+        off.add("augment.time_mask.max_ratio")
+    if not list(cfg.augment.backtranslation.stages):
+        off.add("augment.backtranslation.pivots")
+    if not cfg.pretrain.enabled:
+        off |= {f"pretrain.{k}" for k in ("max_epochs", "batch_size", "eval_batch_size")}
+    return off
+
+
+def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
+    """Range and choice checks the schema types cannot express, and settings that would be accepted
+    and then ignored. Raises ValueError naming the key (and the allowed values)."""
+    _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
-    _in(cfg.logger.kind, ("csv", "wandb", "tensorboard", "none"), "logger.kind")
+    if cfg.logger.wandb is not None:
+        _in(cfg.logger.wandb.mode, ("online", "offline", "disabled"), "logger.wandb.mode")
     for d in [cfg.data] + ([cfg.pretrain.data] if cfg.pretrain.enabled and cfg.pretrain.data else []):
         _in(d.dtype, ("float32", "float16"), "data.dtype")
         _in(d.overlong, ("keep", "clip", "error"), "data.overlong")
     if cfg.pretrain.enabled and cfg.pretrain.data is None:
         raise ValueError("pretrain.enabled is true but no pretrain data is configured (use pretrain=<dataset>)")
-    if "max_epochs" in cfg.trainer:
-        raise ValueError("trainer.max_epochs is not read: set pretrain.max_epochs and train.max_epochs")
-    for name, stage in (("train", cfg.train), ("pretrain", cfg.pretrain)):
-        if stage.batch_size < 1 or stage.eval_batch_size < 1:
-            raise ValueError(f"{name} batch sizes must be >= 1")
-        if stage.max_epochs < 0:
-            raise ValueError(f"{name}.max_epochs must be >= 0, got {stage.max_epochs}")
+    _validate_trainer(cfg.trainer)
+    _validate_numbers(cfg)
+    for name, cb in cfg.callbacks.items():
+        if not OmegaConf.is_dict(cb) or "_target_" not in cb:
+            raise ValueError(f"callbacks.{name} needs a _target_ (a Lightning callback class), got {cb!r}")
+    if not cfg.fit and not cfg.ckpt_path:
+        raise ValueError("fit=false evaluates a checkpoint: give ckpt_path=PATH")
+    dead = sorted(set(searched or ()) & inactive_keys(cfg))
+    if dead:
+        raise ValueError(
+            f"the search space covers {', '.join(dead)}, which this config never reads (its stages are off)"
+        )

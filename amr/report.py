@@ -204,14 +204,16 @@ def val_curves(runs: Sequence[Run], path: Path, metric: str = "val/R1@0.7") -> b
             if epochs:
                 ax.plot(epochs, vals, label=f"{r.system(None)} seed={r.seed} ({csv_path.parent.name})")
                 drawn = True
+    if not drawn:  # no figure rather than an empty one
+        plt.close(fig)
+        return False
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    if drawn:
-        ax.legend(fontsize=6)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return drawn
+    return True
 
 
 def write_timelines(
@@ -250,8 +252,17 @@ def write_timelines(
             lg.log_image(key="test/timeline", images=[str(path)])
 
 
+def _check_by(runs: Sequence[Run], by: Sequence[str] | None) -> None:
+    """Every ``--by`` key must be overridden by some run (a misspelt key would pool them all)."""
+    known = sorted({o.split("=", 1)[0].lstrip("+~") for r in runs for o in r.overrides if "=" in o})
+    for key in by or ():
+        if key not in known:
+            raise InputError(f"no run overrides '{key}' (the runs override: {', '.join(known)})", "--by")
+
+
 def report(roots: Sequence[str | Path], out: str | Path | None, by: Sequence[str] | None = None) -> str:
     runs = find_runs(roots)
+    _check_by(runs, by)
     rows = system_rows(runs, by)
     text = markdown(rows)
     if out is not None:
@@ -272,7 +283,8 @@ def report(roots: Sequence[str | Path], out: str | Path | None, by: Sequence[str
                 w.writerow([r["system"], r["n"], " ".join(map(str, r["seeds"]))] + cells)
         write_json(out / "table.json", rows)
         bar_chart(rows, out / "bars.png")
-        val_curves(runs, out / "val_curves.png")
+        if not val_curves(runs, out / "val_curves.png"):
+            text += "\n\nno validation curves: no run has CSV logs (train with logger=csv or logger=[csv,wandb])"
         for run in runs[:8]:
             tl = run.path / "predictions" / "test_timeline.png"
             if tl.is_file():

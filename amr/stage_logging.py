@@ -1,8 +1,10 @@
-"""What a training stage reports while it runs: its loggers, and the callbacks that print one line
-per epoch and seed every step."""
+"""What a training stage reports while it runs: its loggers, and the callbacks that log one line
+per epoch and seed every step. Everything goes through Python logging, so Hydra's job log
+(``<run>/train.log``) holds the epoch lines and the results table."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,24 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+
+from amr.runs import sweep_keys, system_name, tags
+
+log = logging.getLogger("amr.train")
+# Lightning's per-Trainer notices (device lines, tips) and its model summary: once per process
+_LIGHTNING_NOTICES = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+_seen_a_stage = False
+
+
+def first_stage_of_process() -> bool:
+    """True for the first stage this process trains; later ones keep Lightning's notices quiet."""
+    global _seen_a_stage
+    first = not _seen_a_stage
+    _seen_a_stage = True
+    if not first:
+        for name in _LIGHTNING_NOTICES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return first
 
 
 class EpochLine(Callback):
@@ -23,7 +43,7 @@ class EpochLine(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         m = trainer.callback_metrics
         parts = [f"{k}={float(m[k]):.4g}" for k in ("train/loss", "val/R1@0.5", "val/R1@0.7", "val/mAP") if k in m]
-        print(f"[{self.stage}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs} " + " ".join(parts), flush=True)
+        log.info("[%s] epoch %d/%d %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, " ".join(parts))
 
 
 class StepSeed(Callback):
@@ -37,31 +57,42 @@ class StepSeed(Callback):
         torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
 
 
-def stage_loggers(cfg: DictConfig, stage: str, out_dir: Path) -> list:
-    kind = cfg.logger.kind
-    if kind == "none":
-        return []
-    if kind == "csv":
-        return [pl.loggers.CSVLogger(save_dir=str(out_dir), name="logs", version=stage)]
-    if kind == "tensorboard":
-        return [pl.loggers.TensorBoardLogger(save_dir=str(out_dir), name="logs", version=stage)]
-    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    overrides = job_overrides()
-    return [
-        pl.loggers.WandbLogger(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            save_dir=str(out_dir),
-            group=cfg.logger.group or cfg.experiment_name,
-            job_type=stage,
-            name=f"{cfg.experiment_name}[{','.join(overrides)}]/{stage}"
-            if overrides
-            else f"{cfg.experiment_name}/{stage}",
-            tags=[*cfg.tags, *overrides][:64],
-            mode=cfg.logger.mode,
-            config=OmegaConf.to_container(cfg, resolve=True),
+def stage_loggers(cfg: DictConfig, stage: str, stage_dir: Path, job_dir: Path, extra: dict[str, Any]) -> list:
+    """The configured loggers of one stage. CSV and TensorBoard write under ``stage_dir/logs/<stage>``;
+    W&B writes under the job's own folder (a cached pre-training stage's folder is renamed when it
+    finishes), one run per stage, grouped by system; ``extra`` goes into the W&B run's config."""
+    loggers: list = []
+    if cfg.logger.csv is not None:
+        loggers.append(pl.loggers.CSVLogger(save_dir=str(stage_dir), name="logs", version=stage))
+    if cfg.logger.tensorboard is not None:
+        loggers.append(pl.loggers.TensorBoardLogger(save_dir=str(stage_dir), name="logs", version=stage))
+    wb = cfg.logger.wandb
+    if wb is not None:
+        os.environ.setdefault("WANDB_MODE", wb.mode)
+        overrides = job_overrides()
+        system = system_name(cfg.experiment_name, overrides, sweep_keys())
+        job_dir.mkdir(parents=True, exist_ok=True)
+        loggers.append(
+            pl.loggers.WandbLogger(
+                project=wb.project,
+                entity=wb.entity,
+                save_dir=str(job_dir),
+                group=wb.group or system,
+                job_type=stage,
+                name=f"{system},seed={cfg.seed}/{stage}",
+                tags=[*tags(list(cfg.tags)), *tags(overrides)],
+                mode=wb.mode,
+                config={**OmegaConf.to_container(cfg, resolve=True), "system": system, **extra},  # type: ignore[dict-item]
+            )
         )
-    ]
+    return loggers
+
+
+def wandb_run_id(loggers: list) -> str | None:
+    for lg in loggers:
+        if isinstance(lg, pl.loggers.WandbLogger):
+            return str(lg.experiment.id)
+    return None
 
 
 def job_overrides() -> list[str]:

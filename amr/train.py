@@ -1,17 +1,14 @@
 """``amr-train``: one run = an optional pre-training stage, then the main (fine-tune) stage, then
-test on the best checkpoint.
+test on the best checkpoint; or, with ``fit=false ckpt_path=PATH``, the test of a checkpoint alone.
 
-The pre-training result is cached under ``paths.pretrain_cache`` by a hash of everything that
-affects it, so sweeps that change only fine-tuning settings train it once.
+The pre-training result is cached (``amr.pretrain_cache``), so sweeps that change only fine-tuning
+settings train it once, in parallel jobs too.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +16,12 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
-from amr.augment.time_mask import TimeMaskConfig
 from amr.checkpoints import load_weights
-from amr.config import register, validate
+from amr.config import plain, register, stage_augment, validate
 from amr.data.datamodule import MomentDataModule
 from amr.data.features import Layout
 from amr.errors import InputError
@@ -32,74 +29,34 @@ from amr.io import write_json
 from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
+from amr.pretrain_cache import CachedStage, fetch_or_train, is_rank_zero
 from amr.report import write_timelines
+from amr.runs import SWEEP_KEYS_ENV, short_value, sweep_keys, system_name
 from amr.runtime import tune_allocator
-from amr.stage_logging import EpochLine, StepSeed, finish_wandb, job_overrides, stage_loggers
+from amr.stage_logging import (
+    EpochLine,
+    StepSeed,
+    finish_wandb,
+    first_stage_of_process,
+    job_overrides,
+    stage_loggers,
+    wandb_run_id,
+)
 
 log = logging.getLogger("amr.train")
 register()
-
-# Trainer keys that change how a run is shown or stored, not its result: kept out of cache keys.
-NON_RESULT_TRAINER_KEYS = {
-    "enable_progress_bar",
-    "log_every_n_steps",
-    "enable_model_summary",
-    "num_sanity_val_steps",
-    "default_root_dir",
-}
+MAIN_STAGE = "finetune"  # the main stage's name, with or without a pre-training stage before it
 
 
 @dataclass
 class StageResult:
     best_ckpt: Path
     results: dict[str, dict[str, Any]]
-
-
-def is_rank_zero() -> bool:
-    """Only global rank 0 writes files (DDP starts the same command once per process)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def plain(node: Any) -> dict[str, Any]:
-    """A resolved config node as a plain dict."""
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
-
-
-def _stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, list[str]]:
-    """The time mask (or None) and the caption-version pivots a stage trains with."""
-    time_mask = TimeMaskConfig(**plain(cfg.augment.time_mask))
-    bt = cfg.augment.backtranslation
-    return (time_mask if time_mask.used_in(stage) else None), (list(bt.pivots) if stage in bt.stages else [])
-
-
-def pretrain_key(cfg: DictConfig) -> str:
-    """Hash of everything that affects the pre-training result."""
-    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in NON_RESULT_TRAINER_KEYS}
-    time_mask, pivots = _stage_augment(cfg, "pretrain")
-    ident = {
-        "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
-        # the eval batch counts too: with the official T2V mask, outputs depend on the batch
-        "stage": {
-            "epochs": cfg.pretrain.max_epochs,
-            "batch_size": cfg.pretrain.batch_size,
-            "eval_batch_size": cfg.pretrain.eval_batch_size,
-        },
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-        "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "pivots": pivots},
-        "seed": cfg.seed,
-        "trainer": trainer,
-    }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    wandb_run: str | None = None
 
 
 def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: DictConfig) -> MomentDataModule:
-    time_mask, pivots = _stage_augment(cfg, stage)
+    time_mask, pivots = stage_augment(cfg, stage)
     return MomentDataModule(
         data_cfg,
         batch_size=stage_cfg.batch_size,
@@ -130,13 +87,16 @@ def _trainer(
     )
     # Last: every epoch, after the best one (whose state is saved inside), for resuming.
     last = ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, enable_version_counter=False)
-    interactive = sys.stdout.isatty()
+    extra = [instantiate(c) for c in cfg.callbacks.values()]  # the `callbacks` group, every entry
+    bar = any(isinstance(c, ProgressBar) for c in extra)
+    interactive = sys.stdout.isatty() or bar
     kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
+    kwargs.setdefault("enable_model_summary", first_stage_of_process())
     trainer = pl.Trainer(
         max_epochs=stage_cfg.max_epochs,
         logger=loggers or False,
         default_root_dir=str(stage_dir),
-        callbacks=[best, last, StepSeed(cfg.seed)] + ([] if interactive else [EpochLine(stage)]),
+        callbacks=[best, last, StepSeed(cfg.seed), *extra] + ([] if interactive else [EpochLine(stage)]),
         enable_progress_bar=kwargs.pop("enable_progress_bar", interactive),
         **kwargs,
     )
@@ -158,7 +118,7 @@ def _evaluate_best(
     results: dict[str, dict[str, Any]] = {}
     for role in ["val", "test"] if test else ["val"]:
         run = trainer.validate if role == "val" else trainer.test
-        run(module, datamodule=dm, ckpt_path=str(best), verbose=False)
+        run(module, datamodule=dm, ckpt_path=str(best), verbose=False, weights_only=True)
         results[role] = module.results[role]
         if is_rank_zero():
             write_predictions(stage_dir / "predictions" / f"{role}_preds.jsonl", module.predictions[role])
@@ -178,12 +138,15 @@ def run_stage(
     data_cfg: DictConfig,
     stage_cfg: DictConfig,
     stage_dir: Path,
+    job_dir: Path,
     init_weights: Path | None = None,
     resume: Path | None = None,
     test: bool = True,
+    logged: dict[str, Any] | None = None,
 ) -> StageResult:
     """Train one stage in ``stage_dir`` (checkpoints/, predictions/, logs/) and evaluate its best
-    checkpoint on val (and test)."""
+    checkpoint on val (and test). ``job_dir`` is the run's own folder; ``logged`` goes into the
+    W&B run's config."""
     dm = _datamodule(cfg, stage, data_cfg, stage_cfg)
     dm.load()  # every input check happens here, before training starts
     module = MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
@@ -192,52 +155,49 @@ def run_stage(
         # receive rank 0's weights when DDP wraps the model
         load_weights(module, init_weights)
         log.info("%s: initialised from %s", stage, init_weights)
-    loggers = stage_loggers(cfg, stage, stage_dir)
+    loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {})
     trainer, checkpoint = _trainer(cfg, stage, stage_cfg, stage_dir, loggers)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
         last = stage_dir / "checkpoints" / "last.ckpt"
         best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else last
         if not best.is_file():  # fast_dev_run, max_epochs=0 and friends save nothing
             best = last
             trainer.save_checkpoint(best)
         results = _evaluate_best(trainer, module, dm, best, stage_dir, test, loggers)
+        run_id = wandb_run_id(loggers)
     finally:
         finish_wandb(loggers)
-    return StageResult(best, results)
+    return StageResult(best, results, run_id)
 
 
-def _pretrain(cfg: DictConfig, out_dir: Path) -> Path:
-    """Best pre-training checkpoint, from the cache or trained now (then cached atomically).
-    With ``reuse_pretrain=false`` the stage is trained inside the run folder and not cached."""
+def _pretrain(cfg: DictConfig, out_dir: Path) -> CachedStage:
+    """Best pre-training checkpoint, from the cache or trained now (then cached). With
+    ``reuse_pretrain=false`` the stage is trained inside the run folder and not cached."""
+
+    def train_in(work: Path, resume: Path | None) -> tuple[Path, dict[str, Any], str | None]:
+        r = run_stage(cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, out_dir, resume=resume, test=False)
+        return r.best_ckpt, r.results["val"]["brief"], r.wandb_run
+
     if not cfg.reuse_pretrain:
-        return run_stage(cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, out_dir / "pretrain", test=False).best_ckpt
-    key = pretrain_key(cfg)
-    cache = Path(cfg.paths.pretrain_cache)
-    final = cache / key
-    if (final / "best.ckpt").is_file():
-        log.info("pretrain: reusing cached result %s", final)
-        print(f"[pretrain] reusing cached stage {final}", flush=True)
-        return final / "best.ckpt"
-    work = cache / f"{key}.partial"
-    resume = work / "checkpoints" / "last.ckpt"
-    result = run_stage(
-        cfg, "pretrain", cfg.pretrain.data, cfg.pretrain, work, test=False, resume=resume if resume.is_file() else None
-    )
-    if not is_rank_zero():
-        return result.best_ckpt
-    # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
-    os.replace(result.best_ckpt, work / "best.ckpt")
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    write_json(
-        work / "stage.json",
-        {"key": key, "val": result.results["val"]["brief"], "config": OmegaConf.to_container(cfg, resolve=True)},
-    )
-    if final.exists():  # a parallel job finished the same stage first: keep theirs
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        os.rename(work, final)
-    return final / "best.ckpt"
+        best, _, run_id = train_in(out_dir / "pretrain", None)
+        return CachedStage(best, "", run_id)
+    return fetch_or_train(cfg, train_in)
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResult:
+    """``fit=false``: the configured data's val (and test) split through a checkpoint, written as a
+    training run writes its final evaluation."""
+    dm = _datamodule(cfg, MAIN_STAGE, cfg.data, cfg.train)
+    dm.load()
+    module = MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
+    loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
+    trainer, _ = _trainer(cfg, MAIN_STAGE, cfg.train, out_dir, loggers)
+    try:
+        results = _evaluate_best(trainer, module, dm, ckpt, out_dir, cfg.test, loggers)
+    finally:
+        finish_wandb(loggers)
+    return StageResult(ckpt, results)
 
 
 TAKEN = "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last"
@@ -255,39 +215,85 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run the configured stages; returns the final stage's results ({"val": ..., "test": ...})."""
-    validate(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    resume: Path | None = None
-    if cfg.ckpt_path:
+def _search_space() -> list[str]:
+    """The keys a Hydra sweeper searches over (``hparams_search``), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        params = HydraConfig.get().sweeper.get("params")
+    except ValueError:  # composed without Hydra's main (tests, notebooks)
+        return []
+    return [str(k) for k in params] if params else []
+
+
+def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from (``ckpt_path``), or None; refuses a folder that holds a run."""
+    if cfg.fit and cfg.ckpt_path:
         resume = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
-    elif is_rank_zero() and holds_run(out_dir):
+        return resume
+    if not cfg.fit and not Path(cfg.ckpt_path).is_file():
+        raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
+    if is_rank_zero() and holds_run(out_dir):
         raise InputError(TAKEN, out_dir)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return None
+
+
+def _main_stage(cfg: DictConfig, out_dir: Path, resume: Path | None) -> tuple[StageResult, dict[str, Any]]:
+    """Pre-training (cached) when enabled, then the main stage; returns it and what it started from."""
+    if not cfg.fit:
+        return evaluate_checkpoint(cfg, Path(cfg.ckpt_path), out_dir), {"evaluated": str(cfg.ckpt_path)}
     init: Path | None = None
+    start: dict[str, Any] = {}
     if cfg.init_from:
         init = Path(cfg.init_from)
         if not init.is_file():
             raise InputError("checkpoint to initialise from not found", init)
-    else:
-        init = _pretrain(cfg, out_dir) if cfg.pretrain.enabled else None
-    if init is not None and not cfg.init_from and is_rank_zero():
-        write_json(out_dir / "pretrain.json", {"checkpoint": str(init), "key": pretrain_key(cfg)})
-    stage = "finetune" if init is not None else "train"
-    result = run_stage(cfg, stage, cfg.data, cfg.train, out_dir, init_weights=init, resume=resume, test=cfg.test)
+        start = {"init_from": str(init)}
+    elif cfg.pretrain.enabled:
+        cached = _pretrain(cfg, out_dir)
+        init = cached.checkpoint
+        start = {"pretrain_checkpoint": str(init), "pretrain_key": cached.key, "pretrain_wandb_run": cached.wandb_run}
+        if is_rank_zero():
+            write_json(
+                out_dir / "pretrain.json", {"checkpoint": str(init), "key": cached.key, "wandb_run": cached.wandb_run}
+            )
+    result = run_stage(
+        cfg,
+        MAIN_STAGE,
+        cfg.data,
+        cfg.train,
+        out_dir,
+        out_dir,
+        init_weights=init,
+        resume=resume,
+        test=cfg.test,
+        logged=start,
+    )
+    return result, start
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stages; returns the final stage's results ({"val": ..., "test": ...})."""
+    validate(cfg, searched=_search_space())
+    out_dir = Path(cfg.paths.output_dir)
+    resume = _resume_point(cfg, out_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    result, start = _main_stage(cfg, out_dir, resume)
     if not is_rank_zero():
         return result.results
     layout = Layout(Path(cfg.data.root), cfg.data.name, cfg.data.feat_dir)
+    overrides = job_overrides()
     write_json(
         out_dir / "run.json",
         {
             "experiment": cfg.experiment_name,
-            "overrides": job_overrides(),
+            "system": system_name(cfg.experiment_name, overrides, sweep_keys()),
+            "overrides": overrides,
             "seed": cfg.seed,
-            "stage": stage,
+            "stage": MAIN_STAGE,
+            **start,
             "annotations": {
                 "val": str(layout.annotations(cfg.data.splits.val)),
                 "test": str(layout.annotations(cfg.data.splits.test)),
@@ -296,10 +302,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.test:
         write_metrics(out_dir / "test_metrics.json", result.results["test"])
-    print(
-        f"\n{cfg.experiment_name} ({stage}, best checkpoint {result.best_ckpt.name}):\n"
-        f"{results_table(result.results)}\n",
-        flush=True,
+    log.info(
+        "\n%s (%s, checkpoint %s):\n%s\n",
+        cfg.experiment_name,
+        MAIN_STAGE,
+        result.best_ckpt.name,
+        results_table(result.results),
     )
     return result.results
 
@@ -307,11 +315,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def _job_name(experiment: str, seed: int) -> str:
+    """``hydra.sweep.subdir``: the job's system and seed, short and filesystem-safe."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return (
+        f"{system_name(experiment, list(HydraConfig.get().overrides.task), sweep_keys())},seed={short_value(str(seed))}"
+    )
+
+
+OmegaConf.register_new_resolver("amr_job", _job_name, replace=True)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except InputError as e:
+    except (InputError, ValueError) as e:  # bad input or config: one line (HYDRA_FULL_ERROR=1: traceback)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     # objective for hparams_search: validation, never test
@@ -331,8 +353,27 @@ def _refuse_taken_run_dir(argv: list[str]) -> None:
                 raise SystemExit(2)
 
 
+def _note_sweep_keys(argv: list[str]) -> None:
+    """Tell every job of a sweep (in this process or a launcher's workers) which keys it varies, so
+    that job folders, W&B groups and run names name the system by them."""
+    if "-m" not in argv and "--multirun" not in argv:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # Hydra reports a malformed override itself
+        return
+    os.environ[SWEEP_KEYS_ENV] = ",".join(
+        sorted(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+    )
+
+
 def main() -> None:
-    _refuse_taken_run_dir(sys.argv[1:])
+    argv = sys.argv[1:]
+    _refuse_taken_run_dir(argv)
+    _note_sweep_keys(argv)
     tune_allocator()  # large activations reused from the heap instead of fresh pages each step
     _main()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pytorch_lightning import Callback
 
 from amr.testing.tiny_clap import offline_env
 
@@ -55,3 +56,14 @@ def random_checkpoint(path: Path, **model) -> Path:
     m = MomentRetrievalModule(model=asdict(ModelCfg(**model)), loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
     return path
+
+
+class EpochRecorder(Callback):
+    """A Lightning callback for tests: appends ``<stage dir>:<epoch>`` to ``path`` after each epoch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        with self.path.open("a") as f:
+            f.write(f"{trainer.default_root_dir}:{trainer.current_epoch}\n")

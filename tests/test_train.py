@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from amr.errors import InputError
-from amr.train import CONF_DIR, pretrain_key, train
+from amr.pretrain_cache import pretrain_key
+from amr.train import CONF_DIR, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -122,11 +124,12 @@ def test_resume_reaches_the_same_result(root) -> None:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
 
 
-def test_pretrain_is_cached_across_finetune_changes(root, capsys) -> None:
+def test_pretrain_is_cached_across_finetune_changes(root, caplog) -> None:
     train(_cfg(root, "cache_a", "experiment=system1", "train.batch_size=4"))
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="amr.train")
+    caplog.clear()
     train(_cfg(root, "cache_b", "experiment=system1", "train.batch_size=6"))
-    assert "reusing cached stage" in capsys.readouterr().out
+    assert "reusing cached stage" in caplog.text
     key_a = json.loads((root / "runs" / "cache_a" / "pretrain.json").read_text())["key"]
     key_b = json.loads((root / "runs" / "cache_b" / "pretrain.json").read_text())["key"]
     assert key_a == key_b
@@ -155,7 +158,7 @@ def test_multirun_two_jobs(root) -> None:
     metrics = sorted(sweep.glob("*/test_metrics.json"))
     assert len(metrics) == 2
     assert all((m.parent / ".hydra" / "config.yaml").is_file() for m in metrics)
-    assert all((m.parent / "logs" / "train" / "metrics.csv").is_file() for m in metrics)
+    assert all((m.parent / "logs" / "finetune" / "metrics.csv").is_file() for m in metrics)
 
 
 def test_wandb_offline_one_run_per_stage(root, monkeypatch) -> None:
@@ -235,7 +238,7 @@ def test_taken_run_folder_is_refused_before_hydra_writes(root) -> None:
 def test_tensorboard_logger_writes_events(root) -> None:
     pytest.importorskip("tensorboard")
     train(_cfg(root, "tb", "experiment=castella_only", "logger=tensorboard", "+trainer.fast_dev_run=1"))
-    assert list((root / "runs" / "tb" / "logs" / "train").glob("events.out.tfevents.*"))
+    assert list((root / "runs" / "tb" / "logs" / "finetune").glob("events.out.tfevents.*"))
 
 
 def test_best_checkpoint_is_weights_only_and_the_cache_keeps_one_copy(root) -> None:

@@ -1,0 +1,121 @@
+"""The pre-training cache: a stage's result is stored under ``paths.pretrain_cache/<key>`` by a hash
+of everything that affects it, so the jobs of a sweep that need the same pre-training train it
+once. Jobs in parallel (joblib, submitit, several shells or nodes on one filesystem) take a file
+lock per key: one trains, the others wait and then reuse its result. The lock is the operating
+system's (``filelock``): a crashed holder releases it, so nobody waits forever, and the next job
+resumes the crashed one's ``<key>.partial`` from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from amr.config import plain, stage_augment
+from amr.io import write_json
+
+log = logging.getLogger("amr.train")
+
+# Trainer keys that change how a run is shown or stored, not its result: kept out of cache keys.
+NON_RESULT_TRAINER_KEYS = {
+    "enable_progress_bar",
+    "log_every_n_steps",
+    "enable_model_summary",
+    "num_sanity_val_steps",
+    "default_root_dir",
+}
+
+
+@dataclass
+class CachedStage:
+    checkpoint: Path  # best.ckpt of the stage
+    key: str
+    wandb_run: str | None  # the W&B run that trained it, when one did
+
+
+def is_rank_zero() -> bool:
+    """Only global rank 0 writes files (DDP starts the same command once per process)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def pretrain_key(cfg: DictConfig) -> str:
+    """Hash of everything that affects the pre-training result."""
+    trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in NON_RESULT_TRAINER_KEYS}
+    time_mask, pivots = stage_augment(cfg, "pretrain")
+    callbacks = {k: v for k, v in plain(cfg.callbacks).items() if "ProgressBar" not in str(v.get("_target_"))}
+    ident = {
+        "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
+        # the eval batch counts too: with the official T2V mask, outputs depend on the batch
+        "stage": {
+            "epochs": cfg.pretrain.max_epochs,
+            "batch_size": cfg.pretrain.batch_size,
+            "eval_batch_size": cfg.pretrain.eval_batch_size,
+        },
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "pivots": pivots},
+        "seed": cfg.seed,
+        "trainer": trainer,
+    }
+    if callbacks:  # only when present, so that the keys of runs without callbacks stay as they were
+        ident["callbacks"] = callbacks
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _acquire(lock: FileLock, key: str) -> None:
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("[pretrain] another job is training stage %s: waiting for it", key)
+        lock.acquire()
+
+
+def fetch_or_train(
+    cfg: DictConfig, train_stage: Callable[[Path, Path | None], tuple[Path, dict[str, Any], str | None]]
+) -> CachedStage:
+    """The cached pre-training stage of ``cfg``, trained now if no job has trained it yet.
+
+    ``train_stage(work_dir, resume)`` trains the stage in ``work_dir`` and returns its best
+    checkpoint, its validation results and the W&B run id (or None).
+    """
+    key = pretrain_key(cfg)
+    cache = Path(cfg.paths.pretrain_cache)
+    final = cache / key
+    lock = None
+    if is_rank_zero():  # the other DDP ranks join rank 0's training, inside its lock
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / f"{key}.lock"))
+        _acquire(lock, key)
+    try:
+        if (final / "best.ckpt").is_file():
+            log.info("[pretrain] reusing cached stage %s", final)
+            info = json.loads((final / "stage.json").read_text()) if (final / "stage.json").is_file() else {}
+            return CachedStage(final / "best.ckpt", key, info.get("wandb_run"))
+        work = cache / f"{key}.partial"
+        resume = work / "checkpoints" / "last.ckpt"
+        best, val, run_id = train_stage(work, resume if resume.is_file() else None)
+        if not is_rank_zero():
+            return CachedStage(best, key, run_id)
+        # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
+        os.replace(best, work / "best.ckpt")
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        write_json(work / "stage.json", {"key": key, "val": val, "wandb_run": run_id, "config": config})
+        os.rename(work, final)  # under the lock: nobody else finished it meanwhile
+        return CachedStage(final / "best.ckpt", key, run_id)
+    finally:
+        if lock is not None:
+            lock.release()

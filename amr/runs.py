@@ -1,0 +1,79 @@
+"""What names a run: its system (the experiment and the overrides that set it apart, never the
+seed), as short, filesystem-safe labels for sweep folders, W&B groups, run names and tags.
+
+    >>> system_name("system1", ["augment.backtranslation.pivots=[de]", "seed=2", "paths.root=/x"])
+    'system1,pivots=de'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+# overrides that never make a system: where files go, how it is logged, which seed, resuming
+NOT_SYSTEM = ("hydra", "paths", "logger", "callbacks", "seed", "experiment", "ckpt_path", "fit", "num_workers", "tags")
+SWEEP_KEYS_ENV = "AMR_SWEEP_KEYS"  # set by amr-train -m: the keys the sweep varies
+MAX_TAG = 64  # W&B's limit on a tag's length
+
+
+def override_key(override: str) -> str:
+    """``+a.b=c`` -> ``a.b``; ``hydra/launcher=joblib`` -> ``hydra/launcher``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _root(key: str) -> str:
+    return re.split(r"[./]", key, maxsplit=1)[0]
+
+
+def short_value(value: str, limit: int = 24) -> str:
+    """A value fit for a name: list brackets dropped, items joined by ``+``; a path or a long value
+    becomes its last part plus a 6-character hash of the whole."""
+    v = value.strip()
+    if v.startswith("[") and v.endswith("]"):
+        v = "+".join(x.strip() for x in v[1:-1].split(","))
+    if "/" in v or len(v) > limit:
+        tail = re.sub(r"[^A-Za-z0-9._+-]", "_", v.rstrip("/").rsplit("/", 1)[-1])[: limit - 7]
+        v = f"{tail}-{hashlib.sha1(value.encode()).hexdigest()[:6]}"
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", v)
+
+
+def label(overrides: list[str]) -> list[str]:
+    """``key=value`` items with the key's last part (the whole key where two would collide)."""
+    keys = [override_key(o) for o in overrides]
+    last = [re.split(r"[./]", k)[-1] for k in keys]
+    out = []
+    for o, k, short in zip(overrides, keys, last, strict=True):
+        name = short if last.count(short) == 1 else k
+        out.append(f"{name}={short_value(o.split('=', 1)[1])}")
+    return out
+
+
+def system_overrides(overrides: list[str], sweep_keys: set[str] | None = None) -> list[str]:
+    """The overrides that set a run's system apart: those a sweep varies (when ``sweep_keys`` is
+    given), else every override that changes the result (not the seed, paths, loggers, ...)."""
+    kept = [o for o in overrides if "=" in o and _root(override_key(o)) not in NOT_SYSTEM]
+    if sweep_keys is not None:
+        kept = [o for o in kept if override_key(o) in sweep_keys]
+    return kept
+
+
+def sweep_keys() -> set[str] | None:
+    """The keys the current sweep varies, or None outside a sweep."""
+    value = os.environ.get(SWEEP_KEYS_ENV)
+    return None if value is None else {k for k in value.split(",") if k}
+
+
+def system_name(experiment: str, overrides: list[str], keys: set[str] | None = None) -> str:
+    return ",".join([experiment, *label(system_overrides(overrides, keys))])
+
+
+def tags(overrides: list[str]) -> list[str]:
+    """One tag per override (Hydra's own keys left out), each within W&B's length limit."""
+    out = []
+    for o in overrides:
+        if "=" not in o or _root(override_key(o)) == "hydra":
+            continue
+        tag = o if len(o) <= MAX_TAG else f"{override_key(o)[:30]}={short_value(o.split('=', 1)[1])}"
+        out.append(tag[:MAX_TAG])
+    return out

@@ -1,0 +1,207 @@
+"""The researcher's loop end to end: a parallel sweep with W&B and CSV, per-system names, one
+pre-training per key, settings that would be ignored refused up front, evaluating a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from amr.data.dataset import MomentDataset
+from amr.report import report
+from amr.runs import MAX_TAG, system_name, tags
+from amr.train import CONF_DIR, train
+
+
+def _cfg(root: Path, run: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=["debug=fast", "logger=none", f"paths.root={root}", f"paths.output_dir={root / run}", *overrides],
+        )
+
+
+def _amr_train(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "amr.train", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ, WANDB_MODE="disabled"),
+        timeout=timeout,
+    )
+
+
+def _wandb_runs(folder: Path) -> list:
+    """The run record (group, job type, name, tags) of every offline W&B run below ``folder``, read
+    from its ``.wandb`` file (a LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    found = []
+    for path in sorted(p for p in folder.rglob("offline-run-*/*.wandb") if "latest-run" not in p.parts):
+        data, pos, buf = path.read_bytes(), 7, b""
+        while pos + 7 <= len(data):
+            left = 32768 - pos % 32768
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            if left < 7 or (length == 0 and kind == 0):
+                pos += left
+                continue
+            buf += data[pos + 7 : pos + 7 + length]
+            pos += 7 + length
+            if kind in (1, 4):  # a whole record, or the last piece of one
+                rec = wandb_internal_pb2.Record()
+                rec.ParseFromString(buf)
+                buf = b""
+                if rec.WhichOneof("record_type") == "run":
+                    found.append(rec.run)
+                    break
+    return found
+
+
+def test_parallel_sweep_with_wandb_and_csv(tmp_path) -> None:
+    long_root = tmp_path / ("synthetic_data_in_a_folder_whose_path_is_long" * 2) / "x"
+    sweep = tmp_path / "D"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    proc = _amr_train(
+        "-m",
+        "experiment=system1,system2",
+        "augment.backtranslation.pivots=[de],[fr]",
+        "seed=1,2",
+        "debug=fast",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "logger=[csv,wandb]",
+        "logger.wandb.mode=offline",
+        f"paths.synthetic_root={long_root}",
+        f"paths.root={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert (sweep / "multirun.yaml").is_file() and len(jobs) == 8
+    names = {p.name.split("_", 1)[1] for p in jobs}
+    assert "system2,pivots=fr,seed=2" in names and len(names) == 8  # the system and the seed in the name
+    assert all(
+        (j / "test_metrics.json").is_file() and (j / "logs" / "finetune" / "metrics.csv").is_file() for j in jobs
+    )
+    # System 1 and 2 share their pre-training: one per (pivot, seed), trained once though jobs ran in parallel
+    cache = tmp_path / "outputs" / "pretrain_cache"
+    entries = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(entries) == 4 and all((e / "best.ckpt").is_file() for e in entries)
+    runs = _wandb_runs(sweep)
+    assert sum(r.job_type == "pretrain" for r in runs) == 4 and sum(r.job_type == "finetune" for r in runs) == 8
+    assert len({r.run_group for r in runs}) == 4  # one group per system, its seeds together
+    assert all(len(r.display_name) <= 64 and all(len(t) <= MAX_TAG for t in r.tags) for r in runs)
+    for j in jobs:  # the fine-tune run says which pre-training it started from
+        info = json.loads((j / "run.json").read_text())
+        assert info["pretrain_key"] in {e.name for e in entries} and info["pretrain_wandb_run"]
+    out = proc.stdout + proc.stderr
+    synced = [line.split("wandb sync ", 1)[1].strip() for line in out.splitlines() if "wandb sync " in line]
+    assert synced and all(Path(p).is_dir() for p in synced)
+    table = report([sweep], None)
+    rows = [line for line in table.splitlines() if line.startswith("| system")][1:]
+    assert len(rows) == 4 and all("| 2 |" in r for r in rows)
+    assert "[pretrain] epoch 2/2" in (jobs[0] / "train.log").read_text()  # epoch lines in Hydra's job log
+
+
+def test_names_and_tags_stay_short_and_safe() -> None:
+    long = "data.root=/home/someone/datasets/official/castella_and_clotho_moment_features_v2"
+    assert len(long) > 64
+    tagged = tags(["experiment=system1", long, "hydra.launcher.n_jobs=2"])
+    assert all(len(t) <= MAX_TAG for t in tagged) and len(tagged) == 2
+    assert re.fullmatch(r"data\.root=castella_and_\w*-[0-9a-f]{6}", tagged[1])  # basename + a short hash
+    name = system_name("system1", [long, "seed=3", "augment.backtranslation.pivots=[de,fr]", "paths.root=/x"])
+    assert re.fullmatch(r"system1,root=castella_and_\w*-[0-9a-f]{6},pivots=de\+fr", name)
+    assert "/" not in name and "seed" not in name
+
+
+def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> None:
+    """castella_only has one stage, the fine-tune stage: augment=seed_report masks and draws versions."""
+    seen: list[tuple] = []
+    original = MomentDataset.__getitem__
+
+    def spy(self, index):
+        item = original(self, index)
+        if self.train:
+            seen.append((item["masked"], item["pivot"]))
+        return item
+
+    monkeypatch.setattr(MomentDataset, "__getitem__", spy)
+    train(_cfg(tmp_path, "one", "experiment=castella_only", "augment=seed_report", "train.max_epochs=3"))
+    assert seen and sum(m is not None for m, _ in seen) > 0
+    assert sum(p == "de" for _, p in seen) > 0 and sum(p is None for _, p in seen) > 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pretrain=none", "augment.time_mask.stages=[pretrain]"], r"augment\.time_mask\.stages=\['pretrain'\] but"),
+        (["augment.backtranslation.pivots=[]", "augment.backtranslation.stages=[finetune]"], "pivots=\\[\\]: nothing"),
+        (["augment.backtranslation.pivots=[de]", "augment.backtranslation.stages=[]"], "stages=\\[\\]: never used"),
+        (["trainer.precision=bf17"], r"trainer\.precision must be one of \[.*'bf16-mixed'"),
+        (["trainer.accelerator=gpux"], r"trainer\.accelerator must be one of"),
+        (["optim.lr=-1"], r"optim\.lr must be > 0"),
+        (["model.dropout=1.5"], r"model\.dropout must be in \[0, 1\)"),
+        (["logger=wandb", "logger.wandb.mode=ofline"], r"logger\.wandb\.mode must be one of \['online', 'offline'"),
+        (["train.batch_size=0"], r"train\.batch_size must be >= 1"),
+        (["+callbacks.es.patience=3"], r"callbacks\.es needs a _target_"),
+        (["fit=false"], "fit=false evaluates a checkpoint: give ckpt_path"),
+    ],
+)
+def test_settings_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(_cfg(tmp_path, "bad", "experiment=castella_only", *overrides))
+    assert not (tmp_path / "outputs").exists()  # before any data is read or generated
+
+
+def test_cli_errors_are_one_line_and_a_search_over_an_inactive_setting_is_refused(tmp_path) -> None:
+    proc = _amr_train("experiment=castella_only", "trainer.precision=bf17", f"paths.root={tmp_path}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: trainer.precision must be one of [")
+    assert "Traceback" not in proc.stderr
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = _amr_train(
+        "-m", "hparams_search=optuna", "experiment=baseline", "hydra.sweeper.n_trials=1", f"paths.root={tmp_path}"
+    )
+    assert "the search space covers augment.time_mask.max_ratio, augment.time_mask.p" in proc.stderr
+    assert not (tmp_path / "outputs" / "pretrain_cache").exists()
+
+
+def test_callbacks_group_is_instantiated(tmp_path) -> None:
+    log = tmp_path / "epochs.txt"
+    train(
+        _cfg(
+            tmp_path,
+            "cb",
+            "experiment=castella_only",
+            "+callbacks.rec._target_=tests.helpers.EpochRecorder",
+            f"+callbacks.rec.path={log}",
+        )
+    )
+    assert log.read_text().splitlines() == [f"{tmp_path / 'cb'}:0", f"{tmp_path / 'cb'}:1"]
+    # the group's own entries: early stopping (no epoch counts as an improvement here) and EMA
+    stop = ["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=1000"]
+    train(
+        _cfg(tmp_path, "es", "experiment=castella_only", "callbacks=[early_stopping,ema]", *stop, "train.max_epochs=9")
+    )
+    last = torch.load(tmp_path / "es" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1  # stopped at the first epoch without improvement, not at 9
+    assert any("EMAWeightAveraging" in k for k in last["callbacks"])
+
+
+def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path) -> None:
+    train(_cfg(tmp_path, "run", "experiment=castella_only"))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    train(_cfg(tmp_path, "eval", "experiment=castella_only", "fit=false", f"ckpt_path={best}"))
+    for name in ("test_metrics.json", "predictions/test_preds.jsonl", "predictions/val_metrics.json"):
+        assert (tmp_path / "eval" / name).read_text() == (tmp_path / "run" / name).read_text(), name
+    assert json.loads((tmp_path / "eval" / "run.json").read_text())["evaluated"] == str(best)
+    assert not (tmp_path / "eval" / "checkpoints").exists()  # nothing trained
