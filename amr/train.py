@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from amr.checkpoints import load_weights
@@ -26,12 +26,13 @@ from amr.data.datamodule import MomentDataModule
 from amr.data.features import Layout
 from amr.errors import InputError
 from amr.io import write_json
+from amr.launch import CONF_DIR, TAKEN, holds_run, note_sweep_keys, preflight, refuse_taken_run_dir
 from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
 from amr.pretrain_cache import CachedStage, fetch_or_train, is_rank_zero
 from amr.report import write_timelines
-from amr.runs import SWEEP_KEYS_ENV, short_value, sweep_keys, system_name
+from amr.runs import sweep_keys, system_name
 from amr.runtime import tune_allocator
 from amr.stage_logging import (
     EpochLine,
@@ -200,13 +201,6 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResu
     return StageResult(ckpt, results)
 
 
-TAKEN = "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last"
-
-
-def holds_run(out_dir: Path) -> bool:
-    return (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()
-
-
 def results_table(results: dict[str, dict[str, Any]]) -> str:
     head = "| split | " + " | ".join(SHORT_NAMES[k] for k in BRIEF_KEYS) + " |"
     rows = [head, "|" + "---|" * (len(BRIEF_KEYS) + 1)]
@@ -312,21 +306,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result.results
 
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def _job_name(experiment: str, seed: int) -> str:
-    """``hydra.sweep.subdir``: the job's system and seed, short and filesystem-safe."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return (
-        f"{system_name(experiment, list(HydraConfig.get().overrides.task), sweep_keys())},seed={short_value(str(seed))}"
-    )
-
-
-OmegaConf.register_new_resolver("amr_job", _job_name, replace=True)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     try:
@@ -340,40 +319,11 @@ def _main(cfg: DictConfig) -> float | None:
     return float(results["val"]["brief"]["MR-full-R1@0.7"]) if "val" in results else None
 
 
-def _refuse_taken_run_dir(argv: list[str]) -> None:
-    """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse an explicit
-    ``hydra.run.dir`` that already holds a run (unless resuming) before it can touch anything."""
-    if "-m" in argv or "--multirun" in argv or any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in argv):
-        return
-    for a in argv:
-        if a.startswith("hydra.run.dir="):
-            out = Path(a.split("=", 1)[1])
-            if holds_run(out):
-                print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
-                raise SystemExit(2)
-
-
-def _note_sweep_keys(argv: list[str]) -> None:
-    """Tell every job of a sweep (in this process or a launcher's workers) which keys it varies, so
-    that job folders, W&B groups and run names name the system by them."""
-    if "-m" not in argv and "--multirun" not in argv:
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    candidates = [a for a in argv if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(candidates)
-    except Exception:  # Hydra reports a malformed override itself
-        return
-    os.environ[SWEEP_KEYS_ENV] = ",".join(
-        sorted(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
-    )
-
-
 def main() -> None:
     argv = sys.argv[1:]
-    _refuse_taken_run_dir(argv)
-    _note_sweep_keys(argv)
+    refuse_taken_run_dir(argv)
+    preflight(argv)
+    note_sweep_keys(argv)
     tune_allocator()  # large activations reused from the heap instead of fresh pages each step
     _main()
 

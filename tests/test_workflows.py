@@ -162,6 +162,20 @@ def test_settings_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_pa
     assert not (tmp_path / "outputs").exists()  # before any data is read or generated
 
 
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("augment.time_mask.pp=0.1", "error: augment.time_mask.pp: Key 'pp' not in 'TimeMaskConfig' (known keys: p,"),
+        ("experiment=systme1", "error: In 'train': Could not find 'experiment/systme1' (available: baseline,"),
+        ("train.batch_size=big", "error: train.batch_size: Value 'big' of type 'str' could not be converted"),
+    ],
+)
+def test_composition_errors_are_one_line(tmp_path, override, line) -> None:
+    proc = _amr_train("debug=fast", override, f"paths.root={tmp_path}", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(line)
+
+
 def test_cli_errors_are_one_line_and_a_search_over_an_inactive_setting_is_refused(tmp_path) -> None:
     proc = _amr_train("experiment=castella_only", "trainer.precision=bf17", f"paths.root={tmp_path}")
     assert proc.returncode == 2

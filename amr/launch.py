@@ -1,0 +1,113 @@
+"""What happens before Hydra starts a job of ``amr-train``: refusing a run folder that holds a run,
+one-line composition errors, the keys a sweep varies, and the resolver that names a sweep's job
+folders after their system and seed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from amr.errors import InputError
+from amr.runs import SWEEP_KEYS_ENV, short_value, sweep_keys, system_name
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+TAKEN = "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last"
+
+
+def holds_run(out_dir: Path) -> bool:
+    return (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()
+
+
+def _job_name(experiment: str, seed: int) -> str:
+    """``hydra.sweep.subdir``: the job's system and seed, short and filesystem-safe."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return (
+        f"{system_name(experiment, list(HydraConfig.get().overrides.task), sweep_keys())},seed={short_value(str(seed))}"
+    )
+
+
+OmegaConf.register_new_resolver("amr_job", _job_name, replace=True)
+
+
+def refuse_taken_run_dir(argv: list[str]) -> None:
+    """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse an explicit
+    ``hydra.run.dir`` that already holds a run (unless resuming) before it can touch anything."""
+    if "-m" in argv or "--multirun" in argv or any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in argv):
+        return
+    for a in argv:
+        if a.startswith("hydra.run.dir="):
+            out = Path(a.split("=", 1)[1])
+            if holds_run(out):
+                print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
+                raise SystemExit(2)
+
+
+def _one_line(err: Exception) -> str:
+    """A composition error as one line: the key and what is known there, or the group and its options."""
+    cause = err.__cause__
+    full_key = getattr(cause, "full_key", None)
+    text = str(err)
+    if "Available options" in text:  # an unknown option of a config group
+        head, _, rest = text.partition("Available options")
+        options = []
+        for line in rest.splitlines()[1:]:
+            if not line.startswith("\t"):
+                break
+            options.append(line.strip())
+        return f"{head.strip().splitlines()[0]} (available: {', '.join(options)})"
+    if full_key and cause is not None:
+        first = str(cause).strip().splitlines()[0]
+        if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)):  # a value of the wrong type
+            return f"{full_key}: {first}"
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            base = compose("train")
+        node = OmegaConf.select(base, parent) if parent else base
+        known = f" (known keys: {', '.join(map(str, node.keys()))})" if OmegaConf.is_dict(node) else ""
+        return f"{full_key}: {first}{known}"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def preflight(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, so that a misspelt key, a value of the wrong type
+    or an unknown group option is one line naming it (sweep values are checked by each job)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:  # a malformed override: Hydra's own message says where
+        return
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            compose("train", overrides=plain)
+    except ConfigCompositionException as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def note_sweep_keys(argv: list[str]) -> None:
+    """Tell every job of a sweep (in this process or a launcher's workers) which keys it varies, so
+    that job folders, W&B groups and run names name the system by them."""
+    if "-m" not in argv and "--multirun" not in argv:
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # Hydra reports a malformed override itself
+        return
+    os.environ[SWEEP_KEYS_ENV] = ",".join(
+        sorted(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+    )
