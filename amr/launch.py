@@ -85,7 +85,7 @@ def preflight(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # a malformed override: Hydra's own message says where
         return
-    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    plain = [str(o.input_line) for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             compose("train", overrides=plain)
