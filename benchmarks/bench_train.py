@@ -218,6 +218,37 @@ def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: 
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
 
+def _beside_official(src: str, device: str, res: dict, rows: list) -> None:
+    """The official code's step beside ours on the same batches, in alternating blocks."""
+    # the official code beside ours, one step of each in turn
+    precision = "32-true" if device == "cpu" else "bf16-mixed"
+    for shape in SHAPES:
+        rounds, block = PAIRED[shape] if device == "cpu" else (5, 11)
+        steps = rounds * (block - 1)
+        ours, official = paired_medians(
+            our_step(device, precision, shape)[0],
+            official_step(src, shape, device=device, precision=precision),
+            rounds,
+            block,
+        )
+        tag = step_key(device, precision, shape)
+        res[f"official-{tag}"] = {
+            "median_s": official,
+            "ours_median_s_same_run": ours,
+            "ours_over_official": ours / official,
+            "steps": steps,
+        }
+        rows.append(
+            [
+                f"official {tag}, in blocks beside ours, {steps} steps each",
+                f"{official:.4f}",
+                "",
+                "",
+                f"ours {ours:.4f} s = {ours / official:.2f}x",
+            ]
+        )
+
+
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
@@ -250,35 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{100 * r['share_of_matmul_peak']:.0f}%",
                     ]
                 )
-        if not src:
-            continue
-        # the official code beside ours, one step of each in turn
-        precision = "32-true" if device == "cpu" else "bf16-mixed"
-        for shape in SHAPES:
-            rounds, block = PAIRED[shape] if device == "cpu" else (5, 11)
-            steps = rounds * (block - 1)
-            ours, official = paired_medians(
-                our_step(device, precision, shape)[0],
-                official_step(src, shape, device=device, precision=precision),
-                rounds,
-                block,
-            )
-            tag = step_key(device, precision, shape)
-            res[f"official-{tag}"] = {
-                "median_s": official,
-                "ours_median_s_same_run": ours,
-                "ours_over_official": ours / official,
-                "steps": steps,
-            }
-            rows.append(
-                [
-                    f"official {tag}, in blocks beside ours, {steps} steps each",
-                    f"{official:.4f}",
-                    "",
-                    "",
-                    f"ours {ours:.4f} s = {ours / official:.2f}x",
-                ]
-            )
+        if src:
+            _beside_official(src, device, res, rows)
     res["peak_rss_mb"] = peak_rss_mb()
     if "cuda" in devices:
         res["cuda_device"] = torch.cuda.get_device_name()

@@ -76,7 +76,7 @@ def test_the_rule_check_catches_an_upward_import(tmp_path) -> None:
 
 def test_no_function_over_60_lines_and_no_file_over_400() -> None:
     long = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
         src = path.read_text()
         if len(src.splitlines()) > 400:
             long.append(f"{path.relative_to(ROOT)}: {len(src.splitlines())} lines")
