@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from amr.errors import InputError
@@ -99,13 +100,22 @@ def read_amr(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_model(path: str | Path) -> QDDETR:
-    """The network of an amr checkpoint, built from the config stored with it, in eval mode."""
+def load_model(path: str | Path, feature_dim: int | None = None) -> QDDETR:
+    """The network of an amr checkpoint, built from the config stored with it, in eval mode;
+    ``feature_dim``: the width of the features it will be given (refused before any data is read
+    when the checkpoint expects another)."""
     ckpt = read_amr(path)
     try:
-        model = QDDETR(QDDETRConfig(**ckpt[HPARAMS]["model"]))
+        cfg = QDDETRConfig(**ckpt[HPARAMS]["model"])
     except (TypeError, ValueError, KeyError) as e:
         raise InputError(f"checkpoint holds an unknown model config ({e})", path) from None
+    if feature_dim is not None and (cfg.aud_dim, cfg.txt_dim) != (feature_dim, feature_dim):
+        raise InputError(
+            f"the model expects {cfg.aud_dim}-d audio and {cfg.txt_dim}-d text features; "
+            f"MS-CLAP 2023 features are {feature_dim}-d",
+            path,
+        )
+    model = QDDETR(cfg)
     state = {k.removeprefix("model."): v for k, v in ckpt[STATE].items() if not k.startswith("criterion.")}
     load_strict(model, state, path, "the checkpoint's model config")
     return model.eval()
@@ -148,6 +158,15 @@ def write_weights(path: str | Path, state: dict[str, torch.Tensor], hyper_parame
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through :func:`amr.io.atomic_open` (temporary file in the same
+    folder, fsync, rename): a full disk or a kill mid-write leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def export(src: str | Path, out: str | Path) -> Path:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amr.errors import InputError
+from amr.errors import InputError, os_error_line
+from amr.io import check_output
 
 if TYPE_CHECKING:
     from amr.clap.extract import ExtractReport
@@ -33,6 +34,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from amr.metrics.predictions import evaluate_files, write_metrics
     from amr.metrics.retrieval import BRIEF_KEYS
 
+    if args.out:
+        check_output(args.out, [args.pred, args.gt], args.overwrite)
     metrics = evaluate_files(args.pred, args.gt, allow_partial=args.allow_partial, allow_reversed=args.allow_reversed)
     width = max(len(k) for k in BRIEF_KEYS)
     print(f"{'metric':<{width}}  value")
@@ -46,6 +49,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _submission(args: argparse.Namespace) -> None:
     from amr.metrics.predictions import load_predictions, write_submission
 
+    check_output(args.out, [args.pred], args.overwrite)
     preds = load_predictions(args.pred)
     write_submission(args.out, preds.values())
     print(f"{len(preds)} queries written to {args.out}")
@@ -58,8 +62,7 @@ def _convert(args: argparse.Namespace) -> None:
     from amr.config import LossCfg, ModelCfg, OptimCfg
     from amr.lit_module import MomentRetrievalModule
 
-    if Path(args.out).exists():
-        raise InputError("output exists; refusing to overwrite", args.out)
+    check_output(args.out, [args.checkpoint])
     model = load_official(args.checkpoint, t2v_mask=args.t2v_mask)
     module = MomentRetrievalModule(
         model=asdict(ModelCfg(t2v_mask=args.t2v_mask)), loss=asdict(LossCfg()), optim=asdict(OptimCfg())
@@ -82,6 +85,7 @@ def _backtranslate(args: argparse.Namespace) -> None:
     from amr.data.annotations import load_annotations
     from amr.io import write_jsonl
 
+    check_output(args.out, args.annotations, args.overwrite)
     queries = []
     seen: set[str] = set()
     for path in args.annotations:
@@ -119,13 +123,13 @@ def _submit(args: argparse.Namespace) -> None:
 
     from amr.checkpoints import load_model
     from amr.data.dataset import MomentDataset, SplitData, collate
-    from amr.data.features import Layout
+    from amr.data.features import FEAT_DIM, Layout
     from amr.inference import predict_batch
     from amr.metrics.predictions import write_predictions, write_submission
 
-    if args.out.exists():
-        raise InputError("output exists; refusing to overwrite", args.out)
-    model = load_model(args.ckpt)  # checked before the features are read
+    for out in (args.out, args.out.with_suffix(".scores.jsonl")):
+        check_output(out, [args.ckpt, *([args.annotations] if args.annotations else [])])
+    model = load_model(args.ckpt, FEAT_DIM)  # checked before the features are read
     layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
     annotations = (
         Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
@@ -186,6 +190,8 @@ def _predict(args: argparse.Namespace) -> None:
     queries = list(args.query)
     if args.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {args.top_k}", "--top-k")
+    if args.max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {args.max_frames}", "--max-frames")
     for q in queries:
         if not q.strip():
             raise InputError("query is empty (only whitespace)", "--query")
@@ -228,6 +234,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--backend", choices=["transformers", "ctranslate2"], default="ctranslate2")
     b.add_argument("--out", type=Path, required=True, help="paraphrases JSONL, one line per query")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     b.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/backtranslate"))
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--num-beams", type=int, default=1)
@@ -261,6 +268,7 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("pred", type=Path, help="prediction JSONL with [st, ed, score] rows")
     e.add_argument("gt", type=Path, help="annotation JSONL with relevant_windows")
     e.add_argument("--out", type=Path, help="write the full metrics JSON here")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     e.add_argument("--allow-partial", action="store_true", help="score only the queries that were predicted")
     e.add_argument(
         "--allow-reversed",
@@ -272,6 +280,7 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
     m.add_argument("pred", type=Path)
     m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     m.set_defaults(fn=_submission)
 
     r = sub.add_parser("report", help="multi-seed results table with bootstrap CIs, charts and curves")
@@ -334,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # read-only or full output folder, ...
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -46,6 +46,7 @@ class DataCfg:
     clip_len: float = 1.0
     dtype: str = "float32"  # packed store precision
     overlong: str = "keep"  # windows ending > duration + 2: keep | clip | error
+    verify: bool = False  # re-check every array of an existing pack for NaN/inf (reads the whole pack)
     synthetic: SynthCfg | None = None  # generate the root first if it holds no data
 
 
@@ -270,6 +271,11 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     for d in [cfg.data] + ([cfg.pretrain.data] if cfg.pretrain.enabled and cfg.pretrain.data else []):
         _in(d.dtype, ("float32", "float16"), "data.dtype")
         _in(d.overlong, ("keep", "clip", "error"), "data.overlong")
+        for key in ("max_a_l", "max_windows"):
+            if d[key] < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {d[key]}")
+        if not d.clip_len > 0:
+            raise ValueError(f"data.clip_len must be > 0, got {d.clip_len}")
     if cfg.pretrain.enabled and cfg.pretrain.data is None:
         raise ValueError("pretrain.enabled is true but no pretrain data is configured (use pretrain=<dataset>)")
     _validate_trainer(cfg.trainer)

@@ -18,3 +18,9 @@ class InputError(ValueError):
         super().__init__(where + message)
         self.path = path
         self.line = line
+
+
+def os_error_line(e: OSError) -> str:
+    """An operating-system error (read-only folder, full disk, ...) as one line naming the file."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or type(e).__name__}"

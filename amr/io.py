@@ -23,6 +23,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it 0600)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -33,6 +34,24 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output(out: str | Path, inputs: Iterable[str | Path], overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output that is one of the command's inputs, or one that exists
+    without ``--overwrite``."""
+    out = Path(out)
+    for src in inputs:
+        if out.resolve() == Path(src).resolve():
+            raise InputError("output would replace an input of this command; choose another output", out)
+    if out.exists() and not overwrite:
+        raise InputError("output exists; pass --overwrite to replace it", out)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
@@ -62,8 +81,12 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise InputError("file not found", path)
     rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open() as f:
-        for i, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", path, i) from None
             if not line.strip():
                 continue
             try:

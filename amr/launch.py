@@ -1,6 +1,6 @@
-"""What happens before Hydra starts a job of ``amr-train``: refusing a run folder that holds a run,
-one-line composition errors, the keys a sweep varies, and the resolver that names a sweep's job
-folders after their system and seed."""
+"""What happens before Hydra starts a job of ``amr-train``: one-line composition errors, refusing a
+run folder that holds a run (resolved as Hydra resolves it), the keys a sweep varies, and the
+resolvers that name run folders (never shared) and a sweep's job folders (system and seed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from amr.errors import InputError
@@ -34,19 +35,8 @@ def _job_name(experiment: str, seed: int) -> str:
 
 
 OmegaConf.register_new_resolver("amr_job", _job_name, replace=True)
-
-
-def refuse_taken_run_dir(argv: list[str]) -> None:
-    """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse an explicit
-    ``hydra.run.dir`` that already holds a run (unless resuming) before it can touch anything."""
-    if "-m" in argv or "--multirun" in argv or any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in argv):
-        return
-    for a in argv:
-        if a.startswith("hydra.run.dir="):
-            out = Path(a.split("=", 1)[1])
-            if holds_run(out):
-                print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
-                raise SystemExit(2)
+# the default run folder's last component: two runs started in the same second never share a folder
+OmegaConf.register_new_resolver("amr_pid", os.getpid, use_cache=True, replace=True)
 
 
 def _one_line(err: Exception) -> str:
@@ -75,9 +65,22 @@ def _one_line(err: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _refuse_taken_run_dir(cfg: DictConfig) -> None:
+    """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse a run folder
+    that already holds a run (unless resuming), resolved as Hydra will resolve it."""
+    if cfg.ckpt_path and cfg.fit:
+        return
+    HydraConfig.instance().set_config(cfg)
+    out = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    if holds_run(out):
+        print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def preflight(argv: list[str]) -> None:
     """Compose the config once before Hydra does, so that a misspelt key, a value of the wrong type
-    or an unknown group option is one line naming it (sweep values are checked by each job)."""
+    or an unknown group option is one line naming it (sweep values are checked by each job), and
+    so that a single run never starts in a folder that holds a run."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
 
@@ -85,15 +88,20 @@ def preflight(argv: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     except Exception:  # a malformed override: Hydra's own message says where
         return
-    plain = [str(o.input_line) for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    sweep = "-m" in argv or "--multirun" in argv
+    plain = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
+    if sweep:
+        plain = [o for o in plain if not o.startswith("hydra")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            compose("train", overrides=plain)
+            cfg = compose("train", overrides=plain, return_hydra_config=not sweep)
     except ConfigCompositionException as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not sweep:
+        _refuse_taken_run_dir(cfg)
 
 
 def note_sweep_keys(argv: list[str]) -> None:

@@ -25,7 +25,7 @@ import torch
 from amr.checkpoints import load_model
 from amr.data.annotations import Query
 from amr.data.dataset import audio_input, collate, make_item
-from amr.data.features import AUDIO_KEY, check_features, l2_normalize, load_npz_array
+from amr.data.features import AUDIO_KEY, FEAT_DIM, check_features, l2_normalize, load_npz_array
 from amr.errors import InputError
 from amr.inference import predict_batch
 
@@ -115,8 +115,10 @@ class Predictor:
     ) -> None:
         from amr.clap.model import pick_device
 
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         self.device = pick_device(device)
-        self.model = load_model(ckpt).to(self.device)
+        self.model = load_model(ckpt, FEAT_DIM).to(self.device)
         self.clap_weights = clap_weights
         self.centered = centered
         self.max_frames = max_frames

@@ -56,7 +56,7 @@ def pretrain_key(cfg: DictConfig) -> str:
     time_mask, pivots = stage_augment(cfg, "pretrain")
     callbacks = {k: v for k, v in plain(cfg.callbacks).items() if "ProgressBar" not in str(v.get("_target_"))}
     ident = {
-        "data": OmegaConf.to_container(cfg.pretrain.data, resolve=True),
+        "data": {k: v for k, v in plain(cfg.pretrain.data).items() if k != "verify"},  # verify: a check only
         # the eval batch counts too: with the official T2V mask, outputs depend on the batch
         "stage": {
             "epochs": cfg.pretrain.max_epochs,

@@ -188,21 +188,30 @@ def bar_chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _csv_attempts(stage_dir: Path) -> list[Path]:
+    """A stage's CSV logs in order: those kept from attempts before a resume, then the last one."""
+    earlier = sorted(stage_dir.glob("metrics.before-resume-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    return [*earlier, stage_dir / "metrics.csv"]
+
+
 def val_curves(runs: Sequence[Run], path: Path, metric: str = "val/R1@0.7") -> bool:
     """Validation curves of every run from its CSV logs; False when no run has CSV logs."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     drawn = False
     for r in runs:
-        for csv_path in sorted(r.path.glob("logs/*/metrics.csv")):
-            epochs, vals = [], []
-            with csv_path.open() as f:
-                for row in csv.DictReader(f):
-                    if row.get(metric):
-                        epochs.append(int(row["epoch"]))
-                        vals.append(float(row[metric]))
-            if epochs:
-                ax.plot(epochs, vals, label=f"{r.system(None)} seed={r.seed} ({csv_path.parent.name})")
+        for stage_dir in sorted(p.parent for p in r.path.glob("logs/*/metrics.csv")):
+            by_epoch: dict[int, float] = {}
+            for csv_path in _csv_attempts(stage_dir):  # a resumed stage: earlier attempts first
+                with csv_path.open() as f:
+                    for row in csv.DictReader(f):
+                        if row.get(metric):
+                            by_epoch[int(row["epoch"])] = float(row[metric])
+            if by_epoch:
+                epochs = sorted(by_epoch)
+                ax.plot(
+                    epochs, [by_epoch[e] for e in epochs], label=f"{r.system(None)} seed={r.seed} ({stage_dir.name})"
+                )
                 drawn = True
     if not drawn:  # no figure rather than an empty one
         plt.close(fig)

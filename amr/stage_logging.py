@@ -57,11 +57,25 @@ class StepSeed(Callback):
         torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
 
 
-def stage_loggers(cfg: DictConfig, stage: str, stage_dir: Path, job_dir: Path, extra: dict[str, Any]) -> list:
+def keep_csv_of_earlier_attempts(csv_dir: Path) -> None:
+    """Before a resumed stage logs again: move ``metrics.csv`` aside (Lightning would start it anew)
+    as ``metrics.before-resume-<n>.csv``, which ``amr report`` joins with the new one."""
+    current = csv_dir / "metrics.csv"
+    if current.is_file():
+        n = len(list(csv_dir.glob("metrics.before-resume-*.csv"))) + 1
+        os.replace(current, csv_dir / f"metrics.before-resume-{n}.csv")
+
+
+def stage_loggers(
+    cfg: DictConfig, stage: str, stage_dir: Path, job_dir: Path, extra: dict[str, Any], resumed: bool = False
+) -> list:
     """The configured loggers of one stage. CSV and TensorBoard write under ``stage_dir/logs/<stage>``;
     W&B writes under the job's own folder (a cached pre-training stage's folder is renamed when it
-    finishes), one run per stage, grouped by system; ``extra`` goes into the W&B run's config."""
+    finishes), one run per stage, grouped by system; ``extra`` goes into the W&B run's config. A
+    ``resumed`` stage keeps the CSV rows of its earlier attempts."""
     loggers: list = []
+    if resumed:
+        keep_csv_of_earlier_attempts(stage_dir / "logs" / stage)
     if cfg.logger.csv is not None:
         loggers.append(pl.loggers.CSVLogger(save_dir=str(stage_dir), name="logs", version=stage))
     if cfg.logger.tensorboard is not None:

@@ -20,13 +20,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
-from amr.checkpoints import load_weights
+from amr.checkpoints import AtomicCheckpointIO, load_weights
 from amr.config import plain, register, stage_augment, validate
 from amr.data.datamodule import MomentDataModule
 from amr.data.features import Layout
-from amr.errors import InputError
+from amr.errors import InputError, os_error_line
 from amr.io import write_json
-from amr.launch import CONF_DIR, TAKEN, holds_run, note_sweep_keys, preflight, refuse_taken_run_dir
+from amr.launch import CONF_DIR, TAKEN, holds_run, note_sweep_keys, preflight
 from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
@@ -98,6 +98,7 @@ def _trainer(
         logger=loggers or False,
         default_root_dir=str(stage_dir),
         callbacks=[best, last, StepSeed(cfg.seed), *extra] + ([] if interactive else [EpochLine(stage)]),
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=kwargs.pop("enable_progress_bar", interactive),
         **kwargs,
     )
@@ -156,7 +157,7 @@ def run_stage(
         # receive rank 0's weights when DDP wraps the model
         load_weights(module, init_weights)
         log.info("%s: initialised from %s", stage, init_weights)
-    loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {})
+    loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {}, resumed=resume is not None)
     trainer, checkpoint = _trainer(cfg, stage, stage_cfg, stage_dir, loggers)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
@@ -224,6 +225,12 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
     """The checkpoint to resume from (``ckpt_path``), or None; refuses a folder that holds a run."""
     if cfg.fit and cfg.ckpt_path:
         resume = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        if cfg.ckpt_path == "last" and not resume.is_file() and resume.parent.is_dir():
+            raise InputError(
+                f"no last.ckpt: the run stopped before its first epoch ended; start it again in a new folder, "
+                f"or remove this one first (rm -r {out_dir})",
+                resume.parent,
+            )
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
         return resume
@@ -310,10 +317,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except (InputError, ValueError) as e:  # bad input or config: one line (HYDRA_FULL_ERROR=1: traceback)
+    except (InputError, ValueError, OSError) as e:  # bad input or config: one line (HYDRA_FULL_ERROR=1: traceback)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
         raise SystemExit(2) from None
     # objective for hparams_search: validation, never test
     return float(results["val"]["brief"]["MR-full-R1@0.7"]) if "val" in results else None
@@ -321,7 +328,6 @@ def _main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    refuse_taken_run_dir(argv)
     preflight(argv)
     note_sweep_keys(argv)
     tune_allocator()  # large activations reused from the heap instead of fresh pages each step

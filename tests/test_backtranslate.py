@@ -136,3 +136,18 @@ def test_killed_run_resumes_without_loss_or_duplicates(models, tmp_path) -> None
     keys = [(e["model"], e["src"]) for e in entries]
     assert len(keys) == len(set(keys))  # nothing translated twice
     assert len(keys) > partial  # the rerun finished what was missing
+
+
+def test_a_model_that_is_neither_local_nor_served_fails_at_once(tmp_path, monkeypatch, capsys) -> None:
+    from amr.cli import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text('{"qid": "1", "query": "a dog barks", "vid": "v", "duration": 10}\n')
+    with pytest.raises(SystemExit):
+        main(
+            ["backtranslate", str(ann), "--model-template", "nomodel/opus-mt-{src}-{tgt}", "--out", str(tmp_path / "o")]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --model-template: translation model 'nomodel/opus-mt-en-de'")
+    assert not (tmp_path / "o").exists()

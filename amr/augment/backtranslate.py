@@ -47,6 +47,27 @@ def _resolve(model: str) -> str:
     return model
 
 
+def check_models(template: str, pivots: Sequence[str]) -> None:
+    """Before any work: every model of the template is a local folder, in the hub cache, or on a hub
+    that answers (one short request each, no retries); else one line naming it."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    for pivot in pivots:
+        for src, tgt in (("en", pivot), (pivot, "en")):
+            model = _resolve(template.format(src=src, tgt=tgt))
+            if Path(model).is_dir() or isinstance(try_to_load_from_cache(model, "config.json"), str):
+                continue
+            try:
+                HfApi().model_info(model, timeout=10)
+            except Exception as e:  # not found, unreachable hub, malformed name
+                reason = type(e).__name__
+                raise InputError(
+                    f"translation model '{model}' is not a local folder, not in the hub cache, and the hub "
+                    f"does not serve it ({reason}); point --model-template at local folders",
+                    "--model-template",
+                ) from None
+
+
 @dataclass
 class DecodeOptions:
     num_beams: int = 1
@@ -223,6 +244,7 @@ def backtranslate(
         (versions equal to the original up to case and punctuation are dropped and listed), and counts.
     """
     options = options or DecodeOptions()
+    check_models(template, pivots)
     cache_dir = Path(cache_dir)
     captions = [q["query"] for q in queries]
     report = BacktranslationReport(queries=len(queries), unique_captions=len(set(captions)))

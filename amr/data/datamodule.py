@@ -92,6 +92,7 @@ class MomentDataModule(pl.LightningDataModule):
                 dtype=self.cfg.dtype,
                 pivots=self.pivots if train else (),
                 overlong=self.cfg.overlong,
+                verify=self.cfg.get("verify", False),
             )
             self.splits[role] = MomentDataset(
                 data,

@@ -5,6 +5,7 @@ time mask) applied to training items."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from amr.augment.time_mask import TimeMaskConfig, apply_time_mask, time_mask_spa
 from amr.data.annotations import OverlongPolicy, Query, load_annotations
 from amr.data.features import AUDIO_KEY, TEXT_KEY, Layout
 from amr.data.packed_store import PackedArrays, open_or_build
+
+log = logging.getLogger(__name__)
 
 
 def time_features(n: int) -> np.ndarray:
@@ -63,6 +66,7 @@ class SplitData:
         require_windows: bool = True,
         overlong: OverlongPolicy = "keep",
         annotations: str | Path | None = None,
+        verify: bool = False,
     ) -> SplitData:
         """Validate annotations and feature files, then open (or build) the packs.
 
@@ -77,7 +81,14 @@ class SplitData:
         alias = resolve_versions(qids, pivots, layout.versions_file(split), feats.text_file) if pivots else {}
         vids = sorted({q.vid for q in queries})
         audio = open_or_build(
-            Path(cache_dir), vids, [feats.audio_file(v) for v in vids], AUDIO_KEY, dtype, normalize=True, kind="audio"
+            Path(cache_dir),
+            vids,
+            [feats.audio_file(v) for v in vids],
+            AUDIO_KEY,
+            dtype,
+            normalize=True,
+            kind="audio",
+            verify=verify,
         )
         keys = list(qids)
         paths = [feats.text_file(qid) for qid in qids]
@@ -85,8 +96,26 @@ class SplitData:
             own = [qid for qid in qids if f"{pivot}/{qid}" not in alias]
             keys += [f"{pivot}/{qid}" for qid in own]
             paths += [feats.text_file(qid, pivot) for qid in own]
-        text = open_or_build(Path(cache_dir), keys, paths, TEXT_KEY, dtype, normalize=False, kind="text")
+        text = open_or_build(Path(cache_dir), keys, paths, TEXT_KEY, dtype, normalize=False, kind="text", verify=verify)
+        _warn_long_recordings(queries, audio, feats.audio_dir)
         return cls(queries, audio, text, list(pivots), alias)
+
+
+def _warn_long_recordings(queries: Sequence[Query], audio: PackedArrays, folder: Path) -> None:
+    """Features are one frame per second: many more frames than the annotated duration usually
+    means features of another recording or another frame rate (training would use them silently)."""
+    long = {q.vid: (len(audio[q.vid]), q.duration) for q in queries if len(audio[q.vid]) > q.duration + 2}
+    if long:
+        vid, (n, dur) = next(iter(long.items()))
+        log.warning(
+            "%s: %d recording(s) have more frames than their annotated duration allows at 1 frame/s "
+            "(first: %s, %d frames for %s s)",
+            folder,
+            len(long),
+            vid,
+            n,
+            dur,
+        )
 
 
 class ItemDraws(NamedTuple):

@@ -76,10 +76,12 @@ def load_npz_array(path: Path, key: str) -> np.ndarray:
             if key not in z:
                 raise InputError(f"no key '{key}' (has {sorted(z.files)})", path)
             arr = z[key]
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError("feature file missing", path) from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"unreadable npz ({e})", path) from None
+    except Exception as e:  # truncated (BadZipFile, EOFError, zlib.error), not an npz, unreadable, ...
+        raise InputError(f"unreadable npz ({type(e).__name__}: {e})", path) from None
     check_features(arr, path)
     return arr
 

@@ -23,9 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from amr.data.features import FEAT_DIM, check_present, l2_normalize, load_npz_array
+from amr.errors import InputError
 
 log = logging.getLogger(__name__)
-PACK_FORMAT = 1
+PACK_FORMAT = 2
 
 
 class PackedArrays:
@@ -54,20 +55,32 @@ class PackedArrays:
         i = self.index[key]
         return self.data[self.offsets[i] : self.offsets[i + 1]]
 
+    def verify(self, rows_per_chunk: int = 1 << 16) -> None:
+        """Re-check every stored array for NaN/inf (``data.verify=true``); one line naming the first."""
+        for start in range(0, int(self.offsets[-1]), rows_per_chunk):
+            block = self.data[start : start + rows_per_chunk]
+            bad = ~np.isfinite(block).all(1)
+            if bad.any():
+                row = start + int(bad.argmax())
+                i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+                raise InputError(f"NaN or inf in '{self.keys[i]}' (row {row - self.offsets[i]})", self.folder)
 
-def _source_signature(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+
+def _source_signature(paths: Sequence[Path]) -> list[tuple[str, int, int, int, int]]:
+    """Path, size, mtime, inode and ctime of each source: a file rewritten in place (even with its
+    old size and mtime put back) or replaced changes its ctime or inode, so the pack is rebuilt."""
     sig = []
     for p in paths:
         st = p.stat()
-        sig.append((str(p), st.st_size, st.st_mtime_ns))
+        sig.append((str(p), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     return sig
 
 
 def pack_key(keys: Sequence[str], paths: Sequence[Path], npz_key: str, dtype: str, normalize: bool) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": PACK_FORMAT, "npz_key": npz_key, "dtype": dtype, "normalize": normalize}).encode())
-    for k, (p, size, mtime) in zip(keys, _source_signature(paths), strict=True):
-        h.update(f"{k}\0{p}\0{size}\0{mtime}\n".encode())
+    for k, sig in zip(keys, _source_signature(paths), strict=True):
+        h.update(("\0".join(map(str, (k, *sig))) + "\n").encode())
     return h.hexdigest()[:20]
 
 
@@ -79,6 +92,7 @@ def open_or_build(
     dtype: str = "float32",
     normalize: bool = False,
     kind: str = "feature",
+    verify: bool = False,
 ) -> PackedArrays:
     """Open the pack for these sources, building it first if no complete pack exists.
 
@@ -88,6 +102,7 @@ def open_or_build(
         npz_key: array name inside each npz.
         dtype: storage dtype ("float32" or "float16").
         normalize: store frames L2-normalised (audio), as the official loader computes them.
+        verify: re-check every array of an existing pack for NaN/inf.
     Raises:
         InputError: missing files (count and first ids), unreadable file, wrong shape, NaN/inf.
     """
@@ -97,7 +112,19 @@ def open_or_build(
     cache_dir = Path(cache_dir)
     folder = cache_dir / f"{kind}-{pack_key(keys, paths, npz_key, dtype, normalize)}"
     if (folder / "index.json").is_file():
-        return PackedArrays(folder)
+        pack = PackedArrays(folder)
+        if verify:
+            pack.verify()
+        return pack
+    _build(folder, keys, paths, npz_key, dtype, normalize, kind)
+    return PackedArrays(folder)
+
+
+def _build(
+    folder: Path, keys: Sequence[str], paths: Sequence[Path], npz_key: str, dtype: str, normalize: bool, kind: str
+) -> None:
+    """Write the pack into a temporary folder beside ``folder``, then rename it into place."""
+    cache_dir = folder.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
     try:
@@ -129,4 +156,3 @@ def open_or_build(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PackedArrays(folder)

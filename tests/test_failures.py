@@ -1,0 +1,257 @@
+"""What happens when things go wrong: nothing an earlier command wrote is lost or overwritten, and
+bad input is one line naming the file, line or key."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from amr.cli import main
+from amr.data.annotations import load_annotations
+from amr.data.features import load_npz_array
+from amr.errors import InputError
+from amr.io import write_json
+from amr.train import CONF_DIR, train
+from tests.helpers import random_checkpoint
+
+GT = {"qid": "1", "query": "a dog barks", "vid": "v", "duration": 30, "relevant_windows": [[2, 8]]}
+PRED = {"qid": "1", "query": "a dog barks", "vid": "v", "pred_relevant_windows": [[2, 8, 0.9], [10, 12, 0.5]]}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    gt, pred = tmp_path / "gt.jsonl", tmp_path / "pred.jsonl"
+    gt.write_text(json.dumps(GT) + "\n")
+    pred.write_text(json.dumps(PRED) + "\n")
+    return gt, pred
+
+
+def _one_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    return err[0]
+
+
+def test_an_output_never_replaces_an_input_or_an_existing_file(tmp_path, capsys) -> None:
+    gt, pred = _files(tmp_path)
+    before = {p: _sha(p) for p in (gt, pred)}
+    line = _one_error(capsys, ["evaluate", str(pred), str(gt), "--out", str(pred)])
+    assert line == f"error: {pred}: output would replace an input of this command; choose another output"
+    line = _one_error(capsys, ["backtranslate", str(gt), "--out", str(gt)])
+    assert line.startswith(f"error: {gt}: output would replace an input")
+    sub = tmp_path / "submission.jsonl"
+    main(["submission", str(pred), "--out", str(sub)])
+    first = _sha(sub)
+    line = _one_error(capsys, ["submission", str(pred), "--out", str(sub)])
+    assert line == f"error: {sub}: output exists; pass --overwrite to replace it"
+    assert _sha(sub) == first and {p: _sha(p) for p in (gt, pred)} == before
+    main(["submission", str(pred), "--out", str(sub), "--overwrite"])
+    assert json.loads(sub.read_text())["pred_relevant_windows"] == [[2.0, 8.0], [10.0, 12.0]]
+
+
+def test_files_are_created_with_the_users_umask(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_infinity_is_refused_like_nan(tmp_path, capsys) -> None:
+    gt, _ = _files(tmp_path)
+    bad = tmp_path / "inf.jsonl"
+    bad.write_text('{"qid": "1", "pred_relevant_windows": [[0.0, Infinity, 0.5]]}\n')
+    line = _one_error(capsys, ["evaluate", str(bad), str(gt)])
+    assert line.startswith(f"error: {bad}:1: qid 1: window [0.0, inf, 0.5] has a non-numeric")
+    _one_error(capsys, ["submission", str(bad), "--out", str(tmp_path / "s.jsonl")])
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_undecodable_and_truncated_inputs_are_one_line(tmp_path) -> None:
+    ann = tmp_path / "ann.jsonl"
+    ann.write_bytes(json.dumps(GT).encode() + b"\n" + b'{"qid": "2", "query": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=rf"^{ann}:2: not UTF-8 text"):
+        load_annotations(ann)
+    npz = tmp_path / "v.npz"
+    np.savez(npz, features=np.ones((5, 768), dtype=np.float32))
+    npz.write_bytes(npz.read_bytes()[:200])
+    with pytest.raises(InputError, match=rf"^{npz}: unreadable npz \("):
+        load_npz_array(npz, "features")
+
+
+def _cfg(root: Path, run: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=["debug=fast", f"paths.root={root}", f"paths.output_dir={root / run}", *overrides],
+        )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("data.max_a_l=0", r"data\.max_a_l must be >= 1"), ("data.clip_len=0", r"data\.clip_len must be > 0")],
+)
+def test_zero_sizes_are_refused_before_data(tmp_path, override, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(_cfg(tmp_path, "bad", "experiment=castella_only", override))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_checkpoint_for_other_features_and_zero_frames_are_refused(tmp_path, capsys) -> None:
+    ckpt = random_checkpoint(tmp_path / "m512.ckpt", aud_dim=512, txt_dim=512)
+    feats = tmp_path / "f.npz"
+    np.savez(feats, features=np.ones((20, 768), dtype=np.float32))
+    argv = ["predict", "--ckpt", str(ckpt), "--audio", str(feats), "--query", "x"]
+    line = _one_error(capsys, argv)
+    assert line == (
+        f"error: {ckpt}: the model expects 512-d audio and 512-d text features; MS-CLAP 2023 features are 768-d"
+    )
+    line = _one_error(capsys, [*argv, "--max-frames", "0"])
+    assert line == "error: --max-frames: --max-frames must be at least 1, got 0"
+
+
+def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(tmp_path, monkeypatch) -> None:
+    common = ["experiment=castella_only", "logger=csv"]
+    train(_cfg(tmp_path, "run", *common, "train.max_epochs=1"))
+    ckpts = tmp_path / "run" / "checkpoints"
+    before = {p.name: _sha(p) for p in ckpts.iterdir()}
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        """The disk fills while a checkpoint file is being written (an in-memory buffer still works)."""
+        if isinstance(f, io.BufferedWriter):
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert {p.name: _sha(p) for p in ckpts.iterdir()} == before  # intact, no temporary file left
+    train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
+    # the CSV rows of the attempts before each resume are kept, and read back in order
+    from amr.report import _csv_attempts
+
+    logs = tmp_path / "run" / "logs" / "finetune"
+    kept = [p.name for p in _csv_attempts(logs) if p.is_file()]
+    assert kept[0] == "metrics.before-resume-1.csv" and kept[-1] == "metrics.csv"
+    epochs = {row.split(",")[0] for p in _csv_attempts(logs) if p.is_file() for row in p.read_text().splitlines()[1:]}
+    assert epochs >= {"0", "1"}
+
+
+def test_interpolated_run_folder_holding_a_run_is_refused_before_hydra_writes(tmp_path) -> None:
+    taken = tmp_path / "runs" / "castella_only_x"
+    (taken / ".hydra").mkdir(parents=True)
+    (taken / ".hydra" / "config.yaml").write_text("precious")
+    (taken / "test_metrics.json").write_text("{}")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "amr.train",
+            "experiment=castella_only",
+            f"hydra.run.dir={tmp_path}/runs/${{experiment_name}}_x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {taken}: run folder already holds a run; " + (
+        "pick another hydra.run.dir, or resume it with ckpt_path=last"
+    )
+    assert (taken / ".hydra" / "config.yaml").read_text() == "precious"
+
+
+def test_default_run_folders_of_concurrent_runs_differ(tmp_path) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root={tmp_path}"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    assert str(OmegaConf.select(cfg, "hydra.run.dir")).endswith(f"_{os.getpid()}")  # the process id: never shared
+
+
+def test_more_frames_than_the_duration_is_a_warning(tmp_path, caplog) -> None:
+    from amr.data.dataset import SplitData
+    from amr.data.synth import generate
+
+    layout = generate(tmp_path / "syn", "castella", seed=3, scale=0.02)
+    vid = load_annotations(layout.annotations("val"))[0].vid
+    np.savez(layout.features.audio_file(vid), features=np.ones((1000, 768), dtype=np.float32))
+    with caplog.at_level("WARNING"):
+        SplitData.load(layout, "val", tmp_path / "cache")
+    assert f"1 recording(s) have more frames than their annotated duration allows at 1 frame/s (first: {vid}, 1000" in (
+        caplog.text
+    )
+
+
+def test_a_feature_file_rewritten_with_its_old_size_and_mtime_is_repacked_and_verify_finds_nan(tmp_path) -> None:
+    from amr.data.dataset import SplitData
+    from amr.data.synth import generate
+
+    layout = generate(tmp_path / "syn", "castella", seed=4, scale=0.02)
+    SplitData.load(layout, "val", tmp_path / "cache")
+    vid = load_annotations(layout.annotations("val"))[0].vid
+    path = layout.features.audio_file(vid)
+    st = path.stat()
+    with np.load(path) as z:
+        arr = z["features"].copy()
+    arr[3, 5] = np.nan  # same shape, same dtype: the same size on disk
+    with open(path, "r+b") as f:
+        np.savez(f, features=arr)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(InputError, match=rf"^{path}: NaN or inf in features \(first at row 3\)"):
+        SplitData.load(layout, "val", tmp_path / "cache")
+    # a pack damaged after it was built: data.verify=true re-checks every array
+    arr[3, 5] = 0.0
+    np.savez(path, features=arr)
+    data = SplitData.load(layout, "val", tmp_path / "cache")
+    raw = np.memmap(data.audio.folder / "data.bin", dtype=data.audio.dtype, mode="r+")
+    raw[7] = np.inf
+    raw.flush()
+    with pytest.raises(InputError, match=r"NaN or inf in '.+' \(row \d+\)"):
+        SplitData.load(layout, "val", tmp_path / "cache", verify=True)
+    SplitData.load(layout, "val", tmp_path / "cache")  # without verify the pack is trusted as built
+
+
+def test_resuming_a_run_that_never_saved_names_the_way_out(tmp_path) -> None:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"no last\.ckpt: the run stopped before its first epoch ended; .*rm -r"):
+        train(_cfg(tmp_path, "run", "experiment=castella_only", "ckpt_path=last"))
+
+
+def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch) -> None:
+    """(Permissions cannot be tested as root: the operating system's refusal is simulated.)"""
+    import tempfile
+
+    _, pred = _files(tmp_path)
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    line = _one_error(capsys, ["submission", str(pred), "--out", str(tmp_path / "ro" / "s.jsonl")])
+    assert line == f"error: {tmp_path / 'ro'}: Permission denied"
