@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from amr.augment.caption_versions import PIVOTS, choose_version, resolve_versions, text_key
+from amr.augment.caption_versions import PIVOTS, choose_version, resolve_versions, text_key, version_choices
 from amr.augment.time_mask import TimeMaskConfig, apply_time_mask, time_mask_span
 from amr.errors import InputError
 
@@ -44,8 +44,9 @@ def test_apply_time_mask_keeps_the_time_features() -> None:
 
 
 def test_caption_version_choice_is_uniform_over_the_original_and_the_pivots() -> None:
-    assert [choose_version(["de", "fr"], u) for u in (0.0, 0.34, 0.67, 0.999)] == [None, "de", "fr", "fr"]
-    assert choose_version([], 0.99) is None
+    choices = version_choices(["de", "fr"])
+    assert [choose_version(choices, u) for u in (0.0, 0.34, 0.67, 0.999)] == [None, "de", "fr", "fr"]
+    assert choose_version(version_choices([]), 0.99) is None
     assert PIVOTS == ("de", "fr", "es")
 
 

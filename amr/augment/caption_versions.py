@@ -18,10 +18,15 @@ from amr.io import read_jsonl
 PIVOTS = ("de", "fr", "es")  # the OPUS-MT pivot languages the seed report uses
 
 
-def choose_version(pivots: Sequence[str], u: float) -> str | None:
-    """One item's caption version for one epoch, uniform over the original and the pivots;
-    ``u`` is a uniform draw in [0, 1)."""
-    return [None, *pivots][int(u * (len(pivots) + 1))]
+def version_choices(pivots: Sequence[str]) -> tuple[str | None, ...]:
+    """What an item draws from each epoch: the original caption (None), then each pivot."""
+    return (None, *pivots)
+
+
+def choose_version(choices: Sequence[str | None], u: float) -> str | None:
+    """One item's caption version for one epoch, uniform over :func:`version_choices`; ``u`` is a
+    uniform draw in [0, 1)."""
+    return choices[int(u * len(choices))]
 
 
 def text_key(qid: str, pivot: str | None, alias: dict[str, str]) -> str:

@@ -9,13 +9,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from amr.augment.caption_versions import choose_version, resolve_versions, text_key
+from amr.augment.caption_versions import choose_version, resolve_versions, text_key, version_choices
 from amr.augment.time_mask import TimeMaskConfig, apply_time_mask, time_mask_span
 from amr.data.annotations import OverlongPolicy, Query, load_annotations
 from amr.data.features import AUDIO_KEY, TEXT_KEY, Layout
@@ -118,20 +118,12 @@ def _warn_long_recordings(queries: Sequence[Query], audio: PackedArrays, folder:
         )
 
 
-class ItemDraws(NamedTuple):
-    """One item's uniform draws in [0, 1) for one epoch, by use."""
-
-    version: float  # which caption version
-    time_mask: Sequence[float]  # coin, length, start
-    saliency: Sequence[float]  # two positive frames, two negative frames
-
-    @classmethod
-    def from_row(cls, u: Sequence[float]) -> ItemDraws:
-        return cls(u[0], u[1:4], u[4:8])
-
-
+# One item's uniform draws in [0, 1) for one epoch: a row of the epoch's draw table, by use.
 N_DRAWS = 8
-EVAL_DRAWS = ItemDraws.from_row([0.5] * N_DRAWS)  # evaluation draws nothing: fixed mid values
+VERSION = 0  # which caption version
+TIME_MASK = slice(1, 4)  # coin, length, start
+SALIENCY = slice(4, 8)  # two positive frames, two negative frames
+EVAL_DRAWS = [0.5] * N_DRAWS  # evaluation draws nothing: fixed mid values
 
 
 def audio_input(frames: np.ndarray) -> np.ndarray:
@@ -195,6 +187,7 @@ class MomentDataset(Dataset):
         self.clip_len = clip_len
         self.time_mask = time_mask if train else None  # never at val/test
         self.pivots = list(pivots) if train else []
+        self.versions = version_choices(self.pivots)
         unknown = set(self.pivots) - set(data.pivots)
         if unknown:
             raise ValueError(f"caption versions {sorted(unknown)} were not loaded for this split")
@@ -206,14 +199,15 @@ class MomentDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def draws(self, index: int) -> ItemDraws:
+    def draws(self, index: int) -> list[float]:
+        """Item ``index``'s row of this epoch's draw table (see ``VERSION``, ``TIME_MASK``, ``SALIENCY``)."""
         if not self.train:
             return EVAL_DRAWS
         if self._draws is None or self._draws_epoch != self.epoch:
             rng = np.random.default_rng([self.seed, self.epoch])
             self._draws = rng.random((len(self), N_DRAWS))
             self._draws_epoch = self.epoch
-        return ItemDraws.from_row(self._draws[index].tolist())
+        return self._draws[index].tolist()
 
     def __len__(self) -> int:
         return len(self.data.queries)
@@ -221,18 +215,18 @@ class MomentDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         q = self.data.queries[index]
         u = self.draws(index)
-        pivot = choose_version(self.pivots, u.version)
+        pivot = choose_version(self.versions, u[VERSION])
         txt = np.array(self.data.text[text_key(q.qid, pivot, self.data.alias)], dtype=np.float32)
         aud = audio_input(self.data.audio[q.vid][: self.max_a_l])
         n = len(aud)
         masked = None
         if self.time_mask is not None:
-            masked = time_mask_span(n, self.time_mask, u.time_mask)
+            masked = time_mask_span(n, self.time_mask, u[TIME_MASK])
             if masked is not None:
                 apply_time_mask(aud, masked)
         item = make_item(index, q, txt, aud, pivot, masked)
         if self.with_labels and q.windows is not None:
-            item.update(self._labels(q.windows, n, u.saliency, index))
+            item.update(self._labels(q.windows, n, u[SALIENCY], index))
         return item
 
     def _labels(self, windows: list[list[float]], n: int, u: Sequence[float], index: int) -> dict[str, Any]:
