@@ -5,6 +5,7 @@ resolvers that name run folders (never shared) and a sweep's job folders (system
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,8 +28,6 @@ def holds_run(out_dir: Path) -> bool:
 
 def _job_name(experiment: str, seed: int) -> str:
     """``hydra.sweep.subdir``: the job's system and seed, short and filesystem-safe."""
-    from hydra.core.hydra_config import HydraConfig
-
     return (
         f"{system_name(experiment, list(HydraConfig.get().overrides.task), sweep_keys())},seed={short_value(str(seed))}"
     )
@@ -80,7 +79,9 @@ def _refuse_taken_run_dir(cfg: DictConfig) -> None:
 def preflight(argv: list[str]) -> None:
     """Compose the config once before Hydra does, so that a misspelt key, a value of the wrong type
     or an unknown group option is one line naming it (sweep values are checked by each job), and
-    so that a single run never starts in a folder that holds a run."""
+    so that a single run never starts in a folder that holds a run. A sweep's jobs (in this
+    process or a launcher's workers) learn from ``AMR_SWEEP_KEYS`` which keys it varies, so that
+    job folders, W&B groups and run names name the system by them."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException
 
@@ -91,7 +92,11 @@ def preflight(argv: list[str]) -> None:
     sweep = "-m" in argv or "--multirun" in argv
     plain = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
     if sweep:
-        plain = [o for o in plain if not o.startswith("hydra")]
+        swept = sorted(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+        os.environ[SWEEP_KEYS_ENV] = ",".join(swept)
+        # keys below a swept group (logger.wandb.mode with logger=csv,[csv,wandb]) are each job's to check
+        roots = {"hydra", *(re.split(r"[./@]", k)[0] for k in swept)}
+        plain = [o for o in plain if re.split(r"[./@=]", o.lstrip("+~"))[0] not in roots]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("train", overrides=plain, return_hydra_config=not sweep)
@@ -102,20 +107,3 @@ def preflight(argv: list[str]) -> None:
         raise SystemExit(2) from None
     if not sweep:
         _refuse_taken_run_dir(cfg)
-
-
-def note_sweep_keys(argv: list[str]) -> None:
-    """Tell every job of a sweep (in this process or a launcher's workers) which keys it varies, so
-    that job folders, W&B groups and run names name the system by them."""
-    if "-m" not in argv and "--multirun" not in argv:
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    candidates = [a for a in argv if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(candidates)
-    except Exception:  # Hydra reports a malformed override itself
-        return
-    os.environ[SWEEP_KEYS_ENV] = ",".join(
-        sorted(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
-    )

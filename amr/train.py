@@ -26,7 +26,7 @@ from amr.data.datamodule import MomentDataModule
 from amr.data.features import Layout
 from amr.errors import InputError, os_error_line
 from amr.io import write_json
-from amr.launch import CONF_DIR, TAKEN, holds_run, note_sweep_keys, preflight
+from amr.launch import CONF_DIR, TAKEN, holds_run, preflight
 from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
@@ -329,7 +329,6 @@ def _main(cfg: DictConfig) -> float | None:
 def main() -> None:
     argv = sys.argv[1:]
     preflight(argv)
-    note_sweep_keys(argv)
     tune_allocator()  # large activations reused from the heap instead of fresh pages each step
     _main()
 
