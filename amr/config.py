@@ -223,7 +223,7 @@ def stages_of(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def _validate_augment(cfg: DictConfig) -> None:
-    TimeMaskConfig(**OmegaConf.to_container(cfg.augment.time_mask, resolve=True))  # type: ignore[arg-type]
+    TimeMaskConfig(**plain(cfg.augment.time_mask))  # its own range checks
     bt = cfg.augment.backtranslation
     for key, stages in (
         ("augment.time_mask.stages", cfg.augment.time_mask.stages),
