@@ -70,6 +70,11 @@ def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: Di
     )
 
 
+def _module(cfg: DictConfig) -> MomentRetrievalModule:
+    """The training module of this config: the network, criterion and optimiser settings."""
+    return MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
+
+
 def _trainer(
     cfg: DictConfig, stage: str, stage_cfg: DictConfig, stage_dir: Path, loggers: list
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
@@ -151,7 +156,7 @@ def run_stage(
     W&B run's config."""
     dm = _datamodule(cfg, stage, data_cfg, stage_cfg)
     dm.load()  # every input check happens here, before training starts
-    module = MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
+    module = _module(cfg)
     if init_weights is not None and resume is None and (is_rank_zero() or init_weights.is_file()):
         # weights only: fresh optimiser, scheduler and epoch (official recipe); other DDP ranks
         # receive rank 0's weights when DDP wraps the model
@@ -192,7 +197,7 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResu
     training run writes its final evaluation."""
     dm = _datamodule(cfg, MAIN_STAGE, cfg.data, cfg.train)
     dm.load()
-    module = MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
+    module = _module(cfg)
     loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
     trainer, _ = _trainer(cfg, MAIN_STAGE, cfg.train, out_dir, loggers)
     try:
