@@ -30,17 +30,44 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"written under {layout.root}")
 
 
+BUCKETS_ARG: dict = dict(
+    nargs="?",
+    const="default",
+    metavar="EDGES",
+    help="also score per GT window length bucket; EDGES in seconds, e.g. 0,3,10,30,1500 (the default)",
+)
+
+
+def _bucket_option(spec: str | None) -> dict[str, tuple[float, float]] | None:
+    """``--buckets [EDGES]`` as named ranges; a malformed list is a one-line error."""
+    from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
+
+    if spec is None:
+        return None
+    try:
+        edges = DEFAULT_BUCKET_EDGES if spec == "default" else [float(x) for x in spec.split(",")]
+        return length_buckets(edges)
+    except ValueError as e:
+        raise InputError(f"--buckets {spec}: {e}") from None
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from amr.metrics.predictions import evaluate_files, write_metrics
-    from amr.metrics.retrieval import BRIEF_KEYS
 
+    buckets = _bucket_option(args.buckets)
     if args.out:
         check_output(args.out, [args.pred, args.gt], args.overwrite)
-    metrics = evaluate_files(args.pred, args.gt, allow_partial=args.allow_partial, allow_reversed=args.allow_reversed)
-    width = max(len(k) for k in BRIEF_KEYS)
+    metrics = evaluate_files(
+        args.pred, args.gt, allow_partial=args.allow_partial, allow_reversed=args.allow_reversed, buckets=buckets
+    )
+    brief = metrics["brief"]
+    width = max(len(k) for k in brief)
     print(f"{'metric':<{width}}  value")
-    for k in BRIEF_KEYS:
-        print(f"{k:<{width}}  {metrics['brief'][k]:6.2f}")
+    for k, v in brief.items():
+        print(f"{k:<{width}}  " + (f"{v:6.2f}" if v is not None else "     -"))
+    for name in buckets or {}:
+        lo, hi = metrics[name]["range"]
+        print(f"{name}: GT windows of length in ({lo:g}, {hi:g}] s, {metrics[name]['n_queries']} queries")
     if args.out:
         write_metrics(args.out, metrics)
         print(f"full metrics written to {args.out}")
@@ -106,9 +133,11 @@ def _report(args: argparse.Namespace) -> None:
     from amr.report import report
 
     by = [k for k in args.by.split(",") if k] if args.by else None
-    print(report(args.runs, args.out, by))
+    buckets = _bucket_option(args.buckets) or {}
+    edges = sorted({x for lo_hi in buckets.values() for x in lo_hi})
+    print(report(args.runs, args.out, by, edges, args.reference))
     if args.out:
-        print(f"\nwritten to {args.out}: table.md, table.csv, table.json, bars.png, val_curves.png, timelines/")
+        print(f"\nwritten to {args.out}: report.md (tables, comparisons, figures), table.csv/json, buckets.json, *.png")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -275,6 +304,7 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept windows that end before they start (scored as the official evaluator does)",
     )
+    e.add_argument("--buckets", **BUCKETS_ARG)
     e.set_defaults(fn=_evaluate)
 
     m = sub.add_parser("submission", help="DCASE submission file (scores dropped) from a prediction file")
@@ -286,12 +316,19 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="multi-seed results table with bootstrap CIs, charts and curves")
     r.add_argument("runs", nargs="+", type=Path, help="run or multirun folders")
     r.add_argument("--by", default="", help="group by these override keys (default: all overrides but seed)")
-    r.add_argument("--out", type=Path, help="write table.md/csv/json and PNG charts here")
+    r.add_argument("--out", type=Path, help="write report.md, tables (md/csv/json) and PNG figures here")
+    r.add_argument(
+        "--buckets",
+        default="default",
+        metavar="EDGES",
+        help="GT window length bucket edges in seconds (default 0,3,10,30,1500)",
+    )
+    r.add_argument("--reference", help="system the others are compared with (default: baseline, else the first)")
     r.set_defaults(fn=_report)
 
-    k = sub.add_parser("compare", help="paired bootstrap over test queries: run B minus run A")
-    k.add_argument("run_a", type=Path)
-    k.add_argument("run_b", type=Path)
+    k = sub.add_parser("compare", help="paired permutation test and interval over test queries: B minus A")
+    k.add_argument("run_a", type=Path, help="a run folder, or a folder of one system's seeds")
+    k.add_argument("run_b", type=Path, help="a run folder, or a folder of one system's seeds")
     k.set_defaults(fn=_compare)
 
 

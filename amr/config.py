@@ -15,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 
@@ -47,6 +48,8 @@ class DataCfg:
     dtype: str = "float32"  # packed store precision
     overlong: str = "keep"  # windows ending > duration + 2: keep | clip | error
     verify: bool = False  # re-check every array of an existing pack for NaN/inf (reads the whole pack)
+    # GT window length bucket edges (s) for per-length val/test metrics; [] for the official ones alone
+    length_buckets: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_EDGES))
     synthetic: SynthCfg | None = None  # generate the root first if it holds no data
 
 
@@ -276,6 +279,11 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
                 raise ValueError(f"data.{key} must be >= 1, got {d[key]}")
         if not d.clip_len > 0:
             raise ValueError(f"data.clip_len must be > 0, got {d.clip_len}")
+        try:
+            if d.length_buckets:
+                length_buckets(d.length_buckets)
+        except ValueError as e:
+            raise ValueError(f"data.length_buckets: {e}") from None
     if cfg.pretrain.enabled and cfg.pretrain.data is None:
         raise ValueError("pretrain.enabled is true but no pretrain data is configured (use pretrain=<dataset>)")
     _validate_trainer(cfg.trainer)

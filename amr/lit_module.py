@@ -7,9 +7,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from amr.inference import predict_batch
-from amr.metrics.retrieval import SHORT_NAMES
+from amr.metrics.retrieval import length_buckets, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
 from amr.model import QDDETR, QDDETRConfig, build_criterion
 
@@ -61,7 +62,10 @@ class MomentRetrievalModule(pl.LightningModule):
 
     def _metric(self, role: str) -> MomentRetrievalMetric:
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        metric = MomentRetrievalMetric(*dm.ground_truth(role)).to(self.device)
+        edges = dm.length_bucket_edges
+        qids, windows = dm.ground_truth(role)
+        metric = MomentRetrievalMetric(qids, windows, buckets=length_buckets(edges) if edges else None)
+        metric = metric.to(self.device)
         self.metrics[role] = metric
         self.predictions[role] = []
         return metric
@@ -103,8 +107,10 @@ class MomentRetrievalModule(pl.LightningModule):
                     seen.setdefault(line["qid"], line)
             self.predictions[role] = list(seen.values())
         self.results[role] = result
-        for key, name in SHORT_NAMES.items():
-            self.log(f"{role}/{name}", result["brief"][key], prog_bar=name in ("R1@0.7", "mAP"))
+        if self.trainer.state.fn == TrainerFn.VALIDATING:
+            return  # the best checkpoint's validation after fitting: written to files, not logged per epoch
+        for name, value in logged_names(result["brief"]).items():  # and per GT-length bucket
+            self.log(f"{role}/{name}", value, prog_bar=name in ("R1@0.7", "mAP"))
 
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val")

@@ -29,7 +29,7 @@ from amr.io import write_json
 from amr.launch import CONF_DIR, TAKEN, holds_run, preflight
 from amr.lit_module import MomentRetrievalModule
 from amr.metrics.predictions import write_metrics, write_predictions
-from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES
+from amr.metrics.retrieval import BRIEF_KEYS, SHORT_NAMES, logged_names
 from amr.pretrain_cache import CachedStage, fetch_or_train, is_rank_zero
 from amr.report import write_timelines
 from amr.runs import sweep_keys, system_name
@@ -135,7 +135,7 @@ def _evaluate_best(
         write_timelines(timeline, module.predictions["test"], dm.splits["test"].data.queries, loggers)
     for lg in loggers:
         for role, res in results.items():
-            lg.log_metrics({f"best/{role}/{SHORT_NAMES[k]}": v for k, v in res["brief"].items()})
+            lg.log_metrics({f"best/{role}/{k}": v for k, v in logged_names(res["brief"]).items()})
     return results
 
 

@@ -150,7 +150,7 @@ def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(t
     train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
     # the CSV rows of the attempts before each resume are kept, and read back in order
-    from amr.report import _csv_attempts
+    from amr.report.runs import _csv_attempts
 
     logs = tmp_path / "run" / "logs" / "finetune"
     kept = [p.name for p in _csv_attempts(logs) if p.is_file()]

@@ -130,3 +130,57 @@ def test_load_predictions_rejects_duplicates(tmp_path) -> None:
     pred = _write(tmp_path, "p.jsonl", [{"qid": "a", "pred_relevant_windows": [[1, 2, 0.5]]}] * 2)
     with pytest.raises(InputError, match="p.jsonl:2: qid a duplicated"):
         load_predictions(pred)
+
+
+def _by_range(preds: dict, gts: dict, lo: float, hi: float) -> tuple[dict, dict]:
+    """Moment-DETR's ``get_data_by_range``, restated: keep a query's GT windows with lo < length <= hi,
+    drop queries left with none, and the predictions of dropped queries."""
+    kept = {}
+    for qid, windows in gts.items():
+        inside = [w for w in windows if lo < w[1] - w[0] <= hi]
+        if inside:
+            kept[qid] = inside
+    return {q: preds[q] for q in kept}, kept
+
+
+# the default CASTELLA buckets, plus a bucket no GT window of any fixture falls in
+BUCKET_EDGES = [(0.0, 3.0, 10.0, 30.0, 1500.0), (1500.0, 2000.0)]
+
+
+@pytest.mark.parametrize(("name", "split"), FIXTURES)
+def test_length_buckets_follow_the_range_method(name: str, split: str) -> None:
+    from amr.metrics.retrieval import length_buckets
+
+    pred = need_shared(PARITY / "metrics" / f"{name}.jsonl")
+    expected_full = json.loads((PARITY / "metrics" / f"{name}_metrics.json").read_text())
+    gt_path = ANNOTATIONS / f"{split}_release.jsonl"
+    preds = {q: p["pred_relevant_windows"].tolist() for q, p in load_predictions(pred, allow_reversed=True).items()}
+    gts = {json.loads(ln)["qid"]: json.loads(ln)["relevant_windows"] for ln in gt_path.read_text().splitlines()}
+    gts = {q: w for q, w in gts.items() if q in preds}
+    for edges in BUCKET_EDGES:
+        buckets = length_buckets(edges)
+        got = evaluate_files(pred, gt_path, allow_reversed=True, buckets=buckets)
+        assert got["full"] == expected_full["full"]  # the official figures are untouched
+        assert {k: got["brief"][k] for k in expected_full["brief"]} == expected_full["brief"]
+        for bname, (lo, hi) in buckets.items():
+            p_in, g_in = _by_range(preds, gts, lo, hi)
+            assert got[bname]["n_queries"] == len(g_in)
+            if not g_in:  # an empty bucket has no figures (the official code would divide by zero)
+                assert got[bname]["MR-mAP"] is None and got["brief"][f"MR-{bname}-R1@0.7"] is None
+                continue
+            ref = evaluate_loop(p_in, g_in)
+            assert got[bname]["MR-mAP"] == ref["MR-mAP"], bname
+            assert got[bname]["MR-R1"] == ref["MR-R1"], bname
+            assert got["brief"][f"MR-{bname}-mAP"] == ref["MR-mAP"]["average"]
+        if edges == BUCKET_EDGES[0]:  # every query is in at least one default bucket, a few in several
+            assert sum(got[b]["n_queries"] for b in buckets) >= len(gts) > got["0-3s"]["n_queries"] > 0
+
+
+def test_bucket_edges_are_checked_and_named() -> None:
+    from amr.metrics.retrieval import length_buckets
+
+    assert list(length_buckets([0, 3, 10, 30, 1500])) == ["0-3s", "3-10s", "10-30s", "30s+"]
+    assert length_buckets([0.5, 2])["0.5-2s"] == (0.5, 2.0)
+    for bad in ([3], [0, 3, 3], [-1, 3], [5, 1]):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            length_buckets(bad)

@@ -64,6 +64,8 @@ class MomentDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.cfg = data_cfg
+        # GT length bucket edges for per-length val/test metrics (none: the official ones alone)
+        self.length_bucket_edges: list[float] = list(data_cfg.get("length_buckets") or [])
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.cache_dir = cache_dir

@@ -6,7 +6,7 @@ Submission line: the same with ``[[st, ed], ...]``, at most 10 windows in descen
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,14 @@ def load_predictions(
 
 
 def evaluate_files(
-    pred_path: str | Path, gt_path: str | Path, allow_partial: bool = False, allow_reversed: bool = False
+    pred_path: str | Path,
+    gt_path: str | Path,
+    allow_partial: bool = False,
+    allow_reversed: bool = False,
+    buckets: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
-    """Score a prediction file against an annotation file with the official metrics.
+    """Score a prediction file against an annotation file with the official metrics (and per
+    GT-length bucket when ``buckets`` are given).
 
     Qid sets must match unless ``allow_partial``; then only shared qids are scored (as the official
     ``match_number=False``).
@@ -80,7 +85,7 @@ def evaluate_files(
             pred_path,
         )
     pred_rows = {qid: p["pred_relevant_windows"] for qid, p in preds.items()}
-    return evaluate(pred_rows, {q: gt_windows[q] for q in pred_rows})
+    return evaluate(pred_rows, {q: gt_windows[q] for q in pred_rows}, buckets)
 
 
 def submission_rows(predictions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -11,11 +11,17 @@ Same numbers as the Moment-DETR ``standalone_eval`` used by the baseline, to the
   IoU there divides by the hull ``max(ed) - min(st)``, as the official code does, and a zero hull
   scores 0.
 * Every figure is ``100 * value`` rounded with ``f"{x:.2f}"``.
+
+Per-length metrics follow the length-range method that the official evaluator carries commented out
+(Moment-DETR's ``get_data_by_range``): for a bucket ``(lo, hi]`` each query keeps only its GT windows
+with ``lo < length <= hi``, queries left without one are dropped with their predictions, and the
+metrics above are computed on what remains. A query with windows of several lengths counts in
+several buckets. An empty bucket has no metrics (``None``), where the official code would fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,14 +35,47 @@ BRIEF_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.
 SHORT_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
 
 
+# Ground-truth length buckets fit for CASTELLA (median moment about 4 s, half of them 3 s or
+# shorter): the edges of (0, 3], (3, 10], (10, 30], (30, 1500] seconds.
+DEFAULT_BUCKET_EDGES: tuple[float, ...] = (0.0, 3.0, 10.0, 30.0, GT_LENGTH_RANGE[1])
+
+
+def logged_names(brief: Mapping[str, float | None]) -> dict[str, float]:
+    """The brief figures under the names they are logged with: ``R1@0.7`` for the official
+    ``MR-full-R1@0.7``, ``0-3s/R1@0.7`` for a bucket's ``MR-0-3s-R1@0.7``; empty buckets left out."""
+    out = {}
+    for key, value in brief.items():
+        rng, _, short = key[len("MR-") :].rpartition("-")
+        if value is not None:
+            out[short if rng == "full" else f"{rng}/{short}"] = value
+    return out
+
+
 def _round(x: float) -> float:
     return float(f"{100 * x:.2f}")
 
 
-def filter_gt(windows: np.ndarray) -> np.ndarray:
-    """Keep GT windows with ``lo < length <= hi`` (official "full" range). windows: (n, 2)."""
+def length_buckets(edges: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """Named ``(lo, hi]`` ranges between consecutive edges: ``0-3s``, ..., and ``30s+`` for a last
+    bucket that ends at the official 1500 s bound.
+
+    Raises:
+        ValueError: fewer than two edges, a negative edge, or edges not strictly increasing.
+    """
+    e = [float(x) for x in edges]
+    if len(e) < 2 or e[0] < 0 or any(b <= a for a, b in zip(e, e[1:], strict=False)):
+        raise ValueError(f"length bucket edges must be >= 0 and strictly increasing (at least two), got {list(edges)}")
+    names = {}
+    for lo, hi in zip(e, e[1:], strict=False):
+        name = f"{lo:g}s+" if hi == GT_LENGTH_RANGE[1] and lo > 0 else f"{lo:g}-{hi:g}s"
+        names[name] = (lo, hi)
+    return names
+
+
+def filter_gt(windows: np.ndarray, length_range: tuple[float, float] = GT_LENGTH_RANGE) -> np.ndarray:
+    """Keep GT windows with ``lo < length <= hi`` (by default the official "full" range). windows: (n, 2)."""
     lengths = windows[:, 1] - windows[:, 0]
-    lo, hi = GT_LENGTH_RANGE
+    lo, hi = length_range
     return windows[(lengths > lo) & (lengths <= hi)]
 
 
@@ -162,37 +201,73 @@ def _recall_at_one(top1: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
 
 
 def per_query_scores(
-    predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, np.ndarray]
+    predictions: Mapping[str, np.ndarray],
+    ground_truth: Mapping[str, np.ndarray],
+    length_range: tuple[float, float] = GT_LENGTH_RANGE,
+    allow_empty: bool = False,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Per-query ingredients of the official metrics, for bootstrap statistics.
+
+    ``length_range``: keep GT windows with ``lo < length <= hi`` (the official "full" range by
+    default, a length bucket otherwise); queries left without windows are dropped.
 
     Returns:
         qids kept after the GT length filter, AP (Q, T) at each threshold, top-1 hull IoU (Q,).
         ``100 * mean`` over queries of these gives the official numbers before rounding.
+
+    Raises:
+        ValueError: no query is left (unless ``allow_empty``, which returns empty arrays).
     """
     qids, preds, gts = [], [], []
     for qid, rows in predictions.items():
-        g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2))
+        g = filter_gt(np.asarray(ground_truth[qid], dtype=float).reshape(-1, 2), length_range)
         if len(g) == 0:
             continue
         qids.append(qid)
         preds.append(np.asarray(rows, dtype=float).reshape(-1, 3))
         gts.append(g)
     if not qids:
-        raise ValueError("no query has a GT window of length in (0, 1500]")
+        if allow_empty:
+            return [], np.zeros((0, len(THRESHOLDS))), np.zeros(0)
+        raise ValueError(f"no query has a GT window of length in ({length_range[0]:g}, {length_range[1]:g}]")
     return qids, _mean_ap(preds, gts), _recall_at_one(np.stack([p[0, :2] for p in preds]), gts)
 
 
-def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Official metrics.
+def _tables(ap: np.ndarray, r1_iou: np.ndarray) -> dict[str, dict[str, float]]:
+    """The official per-threshold tables from per-query AP (Q, T) and top-1 IoU (Q,)."""
+    ap_thr = ap.mean(0)
+    mr_map = {str(t): _round(v) for t, v in zip(THRESHOLDS, ap_thr, strict=True)}
+    mr_map["average"] = _round(float(np.mean(ap_thr)))
+    mr_r1 = {str(t): _round(float(np.mean(r1_iou >= t))) for t in THRESHOLDS}
+    return {"MR-mAP": mr_map, "MR-R1": mr_r1}
+
+
+def _brief(name: str, tables: Mapping[str, Mapping[str, float]] | None) -> dict[str, float | None]:
+    """The five brief figures of one length range (``None`` for an empty bucket)."""
+    keys = (("MR-R1", "0.5"), ("MR-R1", "0.7"), ("MR-mAP", "average"), ("MR-mAP", "0.5"), ("MR-mAP", "0.75"))
+    return {
+        f"MR-{name}-{short}": (tables[table][thr] if tables is not None else None)
+        for short, (table, thr) in zip(SHORT_NAMES.values(), keys, strict=True)
+    }
+
+
+def evaluate(
+    predictions: Mapping[str, np.ndarray],
+    ground_truth: Mapping[str, np.ndarray],
+    buckets: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, Any]:
+    """Official metrics, and optionally per GT-length bucket.
 
     Args:
         predictions: qid -> (n, 3) array of ``[st, ed, score]`` rows in the submitted order (n >= 1).
         ground_truth: qid -> (m, 2) array of GT windows. Must hold exactly the predicted qids.
+        buckets: name -> ``(lo, hi]`` seconds (see ``length_buckets``); None: the official output only.
 
     Returns:
         ``{"brief": {...}, "full": {"MR-mAP": {thr: v, ..., "average": v}, "MR-R1": {thr: v}}}``
-        exactly as the official evaluator writes it.
+        exactly as the official evaluator writes it. With buckets, ``brief`` also holds
+        ``MR-<bucket>-<metric>`` and each bucket gets ``{"range", "n_queries", "MR-mAP", "MR-R1"}``
+        (the tables ``None`` when no query falls in it).
     """
     if set(predictions) != set(ground_truth):
         missing = sorted(set(ground_truth) - set(predictions))
@@ -202,16 +277,12 @@ def evaluate(predictions: Mapping[str, np.ndarray], ground_truth: Mapping[str, n
             f"{len(extra)} not in ground truth {extra[:5]}"
         )
     _, ap, r1_iou = per_query_scores(predictions, ground_truth)
-    ap_thr = ap.mean(0)
-
-    mr_map = {str(t): _round(v) for t, v in zip(THRESHOLDS, ap_thr, strict=True)}
-    mr_map["average"] = _round(float(np.mean(ap_thr)))
-    mr_r1 = {str(t): _round(float(np.mean(r1_iou >= t))) for t in THRESHOLDS}
-    brief = {
-        "MR-full-R1@0.5": mr_r1["0.5"],
-        "MR-full-R1@0.7": mr_r1["0.7"],
-        "MR-full-mAP": mr_map["average"],
-        "MR-full-mAP@0.5": mr_map["0.5"],
-        "MR-full-mAP@0.75": mr_map["0.75"],
-    }
-    return {"brief": brief, "full": {"MR-mAP": mr_map, "MR-R1": mr_r1}}
+    out: dict[str, Any] = {"brief": _brief("full", _tables(ap, r1_iou)), "full": _tables(ap, r1_iou)}
+    for name, rng in (buckets or {}).items():
+        if name in ("full", "brief"):
+            raise ValueError(f"length bucket name {name!r} is reserved")
+        qids, ap_b, r1_b = per_query_scores(predictions, ground_truth, rng, allow_empty=True)
+        tables = _tables(ap_b, r1_b) if qids else None
+        out[name] = {"range": list(rng), "n_queries": len(qids), **(tables or {"MR-mAP": None, "MR-R1": None})}
+        out["brief"].update(_brief(name, tables))
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,18 @@ class MomentRetrievalMetric(Metric):
     index: list[torch.Tensor]
     rows: list[torch.Tensor]
 
-    def __init__(self, qids: Sequence[str], gt_windows: Sequence[Sequence[Sequence[float]]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        qids: Sequence[str],
+        gt_windows: Sequence[Sequence[Sequence[float]]],
+        buckets: Mapping[str, tuple[float, float]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if len(qids) != len(gt_windows):
             raise ValueError("qids and gt_windows differ in length")
         self.qids = list(qids)
+        self.buckets = dict(buckets or {})  # GT-length buckets scored besides the official "full" range
         self.gt = [np.asarray(w, dtype=float).reshape(-1, 2) for w in gt_windows]
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("rows", default=[], dist_reduce_fx="cat")
@@ -47,4 +54,4 @@ class MomentRetrievalMetric(Metric):
             if self.qids[i] not in preds:
                 preds[self.qids[i]] = r
                 gts[self.qids[i]] = self.gt[i]
-        return evaluate(preds, gts)
+        return evaluate(preds, gts, self.buckets)
