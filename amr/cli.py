@@ -135,7 +135,8 @@ def _report(args: argparse.Namespace) -> None:
     by = [k for k in args.by.split(",") if k] if args.by else None
     buckets = _bucket_option(args.buckets) or {}
     edges = sorted({x for lo_hi in buckets.values() for x in lo_hi})
-    print(report(args.runs, args.out, by, edges, args.reference))
+    metrics = [m for m in args.metrics.split(",") if m]
+    print(report(args.runs, args.out, by, edges, args.reference, metrics))
     if args.out:
         print(f"\nwritten to {args.out}: report.md (tables, comparisons, figures), table.csv/json, buckets.json, *.png")
 
@@ -324,6 +325,11 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
         help="GT window length bucket edges in seconds (default 0,3,10,30,1500)",
     )
     r.add_argument("--reference", help="system the others are compared with (default: baseline, else the first)")
+    r.add_argument(
+        "--metrics",
+        default="R1@0.5,R1@0.7,mAP",
+        help="metrics of the figures, curves and comparisons (of R1@0.5,R1@0.7,mAP,mAP@0.5,mAP@0.75)",
+    )
     r.set_defaults(fn=_report)
 
     k = sub.add_parser("compare", help="paired permutation test and interval over test queries: B minus A")

@@ -90,7 +90,8 @@ def fake_sweep(root: Path, gt_path: Path, systems: dict[str, dict], seeds: tuple
             for q in queries:
                 st, ed = q.windows[0]
                 shift = spec["noise"] * (ed - st) * rng.normal(size=2)
-                top = [max(0.0, st + shift[0]), max(st + shift[0] + 0.5, ed + shift[1]), 0.9]
+                start = max(0.0, st + shift[0])
+                top = [start, max(start + 0.5, ed + shift[1]), 0.9]
                 rest = sorted(rng.uniform(0, q.duration, size=(4, 2)).tolist())
                 rows = [top] + [[min(a, b), max(a, b), 0.5 - 0.1 * i] for i, (a, b) in enumerate(rest)]
                 lines.append({"qid": q.qid, "query": q.query, "vid": q.vid, "pred_relevant_windows": rows})

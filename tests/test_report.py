@@ -189,7 +189,7 @@ def test_curves_skip_the_post_fit_row_and_mark_the_first_best(tmp_path) -> None:
     (logs / "metrics.csv").write_text("\n".join(rows) + "\n")
     run = type("R", (), {"path": tmp_path / "run", "pretrain_dir": None})()
     (values, best) = stage_curves(run, ["R1@0.7", "mAP"])["finetune"]  # type: ignore[arg-type]
-    assert sorted(values["R1@0.7"]) == [0, 1, 2, 3] and best == 1
+    assert sorted(values["R1@0.7"]) == [1, 2, 3, 4] and best == 2  # epochs counted from 1
 
 
 def test_timelines_label_every_row_without_overlap(simulated) -> None:
@@ -244,7 +244,9 @@ def test_report_of_a_real_sweep_and_the_notebook(sweep, tmp_path) -> None:
     # both stages' curves (pre-training from the shared cache), no point past the last trained epoch
     curves = Sweep([sweep]).curves()
     assert {c.stage for c in curves} == {"pretrain", "finetune"}
-    assert all(max(c.values["R1@0.7"]) == 1 for c in curves)  # debug=fast: epochs 0 and 1
+    assert all(sorted(c.values["R1@0.7"]) == [1, 2] for c in curves)  # debug=fast: two epochs
+    # baseline and system1 pre-train differently, each seed on its own: four pre-training curves
+    assert sum(c.stage == "pretrain" for c in curves) == 4
     # the per-length metrics are logged and kept with the test metrics
     metrics = json.loads(next(sweep.glob("*/test_metrics.json")).read_text())
     assert metrics["0-3s"]["range"] == [0.0, 3.0] and "MR-3-10s-R1@0.7" in metrics["brief"]
@@ -286,3 +288,16 @@ def test_compare_two_runs_and_two_systems(sweep) -> None:
     assert all(0.0 <= p <= 1.0 for p in p_values)
     proc = _amr("compare", str(runs[0]), str(sweep))
     assert proc.returncode != 0 and "holds 2 systems" in proc.stderr
+
+
+def test_a_pre_training_shared_by_systems_is_drawn_once(tmp_path) -> None:
+    gt = fake_annotations(tmp_path / "data" / "castella_test_release.jsonl", n=30)
+    sweep = fake_sweep(tmp_path / "sweep", gt, {"system1": {"noise": 0.3}, "system2": {"noise": 0.3}}, seeds=(1,))
+    cache = tmp_path / "cache" / "key"
+    (cache / "logs" / "pretrain").mkdir(parents=True)
+    (cache / "logs" / "pretrain" / "metrics.csv").write_text("epoch,step,train/loss,val/R1@0.7\n0,1,2.0,\n0,1,,4.0\n")
+    for info_path in sweep.glob("*/run.json"):  # both fine-tune from the same cache entry
+        info = json.loads(info_path.read_text())
+        info_path.write_text(json.dumps(dict(info, pretrain_checkpoint=str(cache / "best.ckpt"))))
+    curves = Sweep([sweep], metrics=["R1@0.7"]).curves()
+    assert [(c.system, c.stage) for c in curves] == [("system1", "pretrain")]

@@ -40,7 +40,8 @@ def table_markdown(sweep: sw.Sweep) -> str:
     return "\n".join(lines)
 
 
-def bucket_markdown(sweep: sw.Sweep, metrics: Sequence[str] = ("R1@0.7", "mAP")) -> str:
+def bucket_markdown(sweep: sw.Sweep, metrics: Sequence[str] | None = None) -> str:
+    metrics = metrics or sweep.metrics
     heads = [f"{m} {b}" for m in metrics for b in sweep.buckets]
     lines = ["| system | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for s in sweep.systems:
@@ -93,14 +94,14 @@ def _write_figures(out: Path, sweep: sw.Sweep) -> list[tuple[str, str]]:
     figures.save(sw.headline_figure(sweep), out / "bars.png")
     drawn.append(("Test metrics per system", "bars.png"))
     figures.save(sw.bucket_figure(sweep), out / "buckets.png")
-    drawn.append(("R1@0.7 by GT window length", "buckets.png"))
+    drawn.append((f"{sweep.focus} by GT window length", "buckets.png"))
     grid = sw.grid_figure(sweep)
     if grid is not None:
         figures.save(grid, out / "pivot_stage.png")
         drawn.append(("Pivot x back-translation stage", "pivot_stage.png"))
     curves = sweep.curves()
     if curves:
-        figures.save(figures.curves_figure(curves, ["R1@0.7", "mAP"]), out / "val_curves.png")
+        figures.save(figures.curves_figure(curves, sweep.metrics), out / "val_curves.png")
         drawn.append(("Validation curves (star: the epoch of the best checkpoint)", "val_curves.png"))
     for run in sweep.runs[:8]:
         tl = run.path / "predictions" / "test_timeline.png"
@@ -116,9 +117,11 @@ def report(
     by: Sequence[str] | None = None,
     bucket_edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
     reference: str | None = None,
+    metrics: Sequence[str] = sw.HEADLINE,
 ) -> str:
-    """The sweep's table (printed) and, with ``out``, every table, figure and ``report.md``."""
-    sweep = sw.Sweep(roots, by, bucket_edges)
+    """The sweep's table (printed) and, with ``out``, every table, figure and ``report.md``;
+    ``metrics`` are those of the figures, validation curves and paired comparisons."""
+    sweep = sw.Sweep(roots, by, bucket_edges, metrics)
     ref = sweep.system(reference)
     text = table_markdown(sweep)
     if out is None:
@@ -166,7 +169,7 @@ def compare(run_a: str | Path, run_b: str | Path) -> str:
         "| metric | A | B | B - A | 95 % interval | p | queries |",
         "|---|---|---|---|---|---|---|",
     ]
-    for _, metric, p in sw.compare_systems(sa, [sb], COLUMNS):
+    for _, metric, p in sw.compare_systems(sa, [sb], COLUMNS):  # every metric of the table
         ea, eb = a.estimate(sa, metric), b.estimate(sb, metric)
         lines.append(_compare_line(metric, ea, eb, p))
     return "\n".join(lines + ["", METHOD])

@@ -185,7 +185,8 @@ def curves_figure(curves: Sequence[Curve], metrics: Sequence[str]) -> Any:
         for j, stage in enumerate(stages):
             ax = axes[i, j]
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(f"{stage}: validation {metric}")
+            shared = " (each pre-training once)" if stage == "pretrain" else ""
+            ax.set_title(f"{stage}: validation {metric}{shared}")
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{metric} (%)")
     handles = [plt.Line2D([], [], color=colours(k % colours.N), label=_wrap(s)) for k, s in enumerate(systems)]

@@ -208,7 +208,8 @@ def _csv_attempts(stage_dir: Path) -> list[Path]:
 
 
 def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, dict[int, float]], int | None]]:
-    """Each logged stage's validation values by epoch (``metric -> {epoch: value}``) and its best epoch.
+    """Each logged stage's validation values by epoch (``metric -> {epoch: value}``, the first epoch
+    is 1) and its best epoch.
 
     Only epochs that trained count: a validation row at an epoch without a training row (the
     best checkpoint's re-validation after fitting, in logs written before it stopped being
@@ -222,7 +223,7 @@ def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, 
         for csv_path in _csv_attempts(stage_dir):  # a resumed stage: earlier attempts first
             with csv_path.open() as f:
                 for row in csv.DictReader(f):
-                    epoch = int(row["epoch"])
+                    epoch = int(row["epoch"]) + 1  # 1 = the first epoch, as the training log counts
                     if row.get("train/loss"):
                         trained.add(epoch)
                     for m in values:

@@ -42,7 +42,7 @@ def _weights(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
 def _resampled_means(m: np.ndarray, w_seed: np.ndarray, w_query: np.ndarray) -> np.ndarray:
     """Mean of the resampled cells of m (S, Q) for each pair of weight rows -> (n_boot,)."""
     s, q = m.shape
-    return np.einsum("bs,sq,bq->b", w_seed, m, w_query) / (s * q)
+    return ((w_seed @ m) * w_query).sum(1) / (s * q)
 
 
 def _percentile(samples: np.ndarray) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import stats as sps
 
 from amr.errors import InputError
-from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, GT_LENGTH_RANGE, length_buckets
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, GT_LENGTH_RANGE, SHORT_NAMES, length_buckets
 from amr.report import figures
 from amr.report.runs import COLUMNS, FULL, Run, check_by, find_runs, group_systems, seed_matrix, stage_curves
 from amr.report.stats import Estimate, Paired, interval, paired
@@ -50,12 +50,9 @@ class System:
 
     def seed_std(self, metric: str) -> float | None:
         """Standard deviation over seeds of the official (rounded) figure; None for one seed."""
-        key = next(k for k, short in zip(_BRIEF, COLUMNS, strict=True) if short == metric)
+        key = next(k for k, short in SHORT_NAMES.items() if short == metric)
         vals = [r.metrics["brief"][key] for r in self.runs]
         return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-
-
-_BRIEF = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75")
 
 
 def _setting_label(value: Any) -> str:
@@ -72,7 +69,14 @@ class Sweep:
         roots: Sequence[str | Path],
         by: Sequence[str] | None = None,
         bucket_edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
+        metrics: Sequence[str] = HEADLINE,
     ) -> None:
+        if not metrics:
+            raise InputError("no metric chosen", "--metrics")
+        for m in metrics:
+            if m not in COLUMNS:
+                raise InputError(f"unknown metric '{m}' (one of {', '.join(COLUMNS)})", "--metrics")
+        self.metrics = list(metrics)  # those of the figures, curves and comparisons
         self.runs = find_runs(roots)
         check_by(self.runs, by)
         self.systems = [System(name, members) for name, members in group_systems(self.runs, by).items()]
@@ -100,9 +104,14 @@ class Sweep:
         run = self.runs[0]
         return {b: len(run.scores(rng).qids) for b, rng in self.ranges.items()}
 
-    def comparisons(self, reference: System, metrics: Sequence[str] = HEADLINE) -> list[tuple[str, str, Paired]]:
+    @property
+    def focus(self) -> str:
+        """The metric of the per-length chart and the grid: R1@0.7 when chosen, else the first."""
+        return "R1@0.7" if "R1@0.7" in self.metrics else self.metrics[0]
+
+    def comparisons(self, reference: System) -> list[tuple[str, str, Paired]]:
         """(system, metric, B - reference) for every other system, on their common queries."""
-        return compare_systems(reference, [s for s in self.systems if s is not reference], metrics)
+        return compare_systems(reference, [s for s in self.systems if s is not reference], self.metrics)
 
     def grid(
         self, metric: str = "R1@0.7"
@@ -123,12 +132,18 @@ class Sweep:
         cols = sorted({k[1] for k in cells}, key=lambda v: (v == "none", -len(v), v))
         return {k: (interval(seed_matrix(v, metric)[1]), len(v)) for k, v in cells.items()}, rows, cols
 
-    def curves(self, metrics: Sequence[str] = ("R1@0.7", "mAP")) -> list[figures.Curve]:
-        out = []
+    def curves(self) -> list[figures.Curve]:
+        """Every run's validation curves of the chosen metrics, per stage; a pre-training stage that
+        several runs share (one cache entry) once, under the first system that uses it."""
+        out, seen = [], set()
         for s in self.systems:
             for r in s.runs:
-                for stage, (values, best) in stage_curves(r, metrics).items():
-                    out.append(figures.Curve(s.name, r.seed, stage, values, best))
+                for stage, (values, best) in stage_curves(r, self.metrics).items():
+                    shared = (stage, r.pretrain_dir) if stage == "pretrain" else None
+                    if shared not in seen:
+                        out.append(figures.Curve(s.name, r.seed, stage, values, best))
+                    if shared is not None:
+                        seen.add(shared)
         return out
 
 
@@ -171,13 +186,14 @@ def bucket_label(sweep: Sweep, bucket: str) -> str:
     return f"{bucket}: ({lo:g}, {hi:g}] s, {sweep.bucket_sizes[bucket]} queries"
 
 
-def headline_figure(sweep: Sweep, metrics: Sequence[str] = HEADLINE) -> Any:
-    panels = [figures.Panel(f"{m} (%)", [sweep.estimate(s, m) for s in sweep.systems]) for m in metrics]
+def headline_figure(sweep: Sweep) -> Any:
+    panels = [figures.Panel(f"{m} (%)", [sweep.estimate(s, m) for s in sweep.systems]) for m in sweep.metrics]
     title = "test split: mean over seeds and queries, 95 % interval (seeds and queries resampled)"
     return figures.bar_figure([system_label(s) for s in sweep.systems], panels, title)
 
 
-def bucket_figure(sweep: Sweep, metric: str = "R1@0.7") -> Any:
+def bucket_figure(sweep: Sweep, metric: str | None = None) -> Any:
+    metric = metric or sweep.focus
     panels = []
     for b in sweep.buckets:
         lo, hi = sweep.ranges[b]
@@ -187,7 +203,8 @@ def bucket_figure(sweep: Sweep, metric: str = "R1@0.7") -> Any:
     return figures.bar_figure([system_label(s) for s in sweep.systems], panels, title)
 
 
-def grid_figure(sweep: Sweep, metric: str = "R1@0.7") -> Any | None:
+def grid_figure(sweep: Sweep, metric: str | None = None) -> Any | None:
+    metric = metric or sweep.focus
     grid = sweep.grid(metric)
     if grid is None:
         return None
