@@ -39,12 +39,11 @@ def _amr_train(*args: str, env: dict | None = None, timeout: int = 900) -> subpr
     )
 
 
-def _wandb_runs(folder: Path) -> list:
-    """The run record (group, job type, name, tags) of every offline W&B run below ``folder``, read
-    from its ``.wandb`` file (a LevelDB-style log of protobuf records)."""
+def _wandb_records(folder: Path):
+    """Every record of every offline W&B run below ``folder``, read from its ``.wandb`` file (a
+    LevelDB-style log of protobuf records)."""
     from wandb.proto import wandb_internal_pb2
 
-    found = []
     for path in sorted(p for p in folder.rglob("offline-run-*/*.wandb") if "latest-run" not in p.parts):
         data, pos, buf = path.read_bytes(), 7, b""
         while pos + 7 <= len(data):
@@ -59,10 +58,21 @@ def _wandb_runs(folder: Path) -> list:
                 rec = wandb_internal_pb2.Record()
                 rec.ParseFromString(buf)
                 buf = b""
-                if rec.WhichOneof("record_type") == "run":
-                    found.append(rec.run)
-                    break
-    return found
+                yield rec
+
+
+def _wandb_runs(folder: Path) -> list:
+    """The run record (group, job type, name, tags) of every offline W&B run below ``folder``."""
+    return [rec.run for rec in _wandb_records(folder) if rec.WhichOneof("record_type") == "run"]
+
+
+def _wandb_history_keys(folder: Path) -> set[str]:
+    """Every metric name logged to the offline W&B runs below ``folder``."""
+    keys = set()
+    for rec in _wandb_records(folder):
+        if rec.WhichOneof("record_type") == "history":
+            keys |= {item.key or "/".join(item.nested_key) for item in rec.history.item}
+    return keys
 
 
 def test_parallel_sweep_with_wandb_and_csv(tmp_path) -> None:
@@ -100,6 +110,8 @@ def test_parallel_sweep_with_wandb_and_csv(tmp_path) -> None:
     assert sum(r.job_type == "pretrain" for r in runs) == 4 and sum(r.job_type == "finetune" for r in runs) == 8
     assert len({r.run_group for r in runs}) == 4  # one group per system, its seeds together
     assert all(len(r.display_name) <= 64 and all(len(t) <= MAX_TAG for t in r.tags) for r in runs)
+    logged = _wandb_history_keys(sweep)  # per GT-length bucket metrics beside the official ones
+    assert {"val/R1@0.7", "val/3-10s/R1@0.7", "best/test/3-10s/mAP"} <= logged
     for j in jobs:  # the fine-tune run says which pre-training it started from
         info = json.loads((j / "run.json").read_text())
         assert info["pretrain_key"] in {e.name for e in entries} and info["pretrain_wandb_run"]
