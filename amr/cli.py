@@ -141,6 +141,21 @@ def _report(args: argparse.Namespace) -> None:
         print(f"\nwritten to {args.out}: report.md (tables, comparisons, figures), table.csv/json, buckets.json, *.png")
 
 
+def _ensemble(args: argparse.Namespace) -> None:
+    from amr.ensemble import ensemble
+
+    check_output(args.out, args.runs, args.overwrite)
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise InputError(f"--weights must be numbers separated by commas, got {args.weights!r}", "--weights") from None
+    results = ensemble(args.runs, args.out, args.method, weights, args.iou)
+    for split, metrics in results.items():
+        brief = {k.removeprefix("MR-full-"): v for k, v in metrics["brief"].items() if k.startswith("MR-full-")}
+        print(f"{split}: " + "  ".join(f"{k} {v:.2f}" for k, v in brief.items()))
+    print(f"written to {args.out}: <split>_preds.jsonl, <split>_metrics.json, ensemble.json")
+
+
 def _compare(args: argparse.Namespace) -> None:
     from amr.report import compare
 
@@ -331,6 +346,15 @@ def _result_commands(sub: argparse._SubParsersAction) -> None:
         help="metrics of the figures, curves and comparisons (of R1@0.5,R1@0.7,mAP,mAP@0.5,mAP@0.75)",
     )
     r.set_defaults(fn=_report)
+
+    en = sub.add_parser("ensemble", help="fuse several runs' predictions (weighted box fusion or score averaging)")
+    en.add_argument("runs", nargs="+", type=Path, help="run folders (predictions/{val,test}_preds.jsonl)")
+    en.add_argument("--out", required=True, type=Path, help="folder for the fused predictions and metrics")
+    en.add_argument("--method", default="wbf", choices=["wbf", "average"])
+    en.add_argument("--weights", help="one weight per run, comma-separated (default: equal)")
+    en.add_argument("--iou", type=float, default=0.55, help="WBF: IoU for a window to join a cluster")
+    en.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    en.set_defaults(fn=_ensemble)
 
     k = sub.add_parser("compare", help="paired permutation test and interval over test queries: B minus A")
     k.add_argument("run_a", type=Path, help="a run folder, or a folder of one system's seeds")
