@@ -18,6 +18,7 @@ from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclas
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
+from amr.model.criterion import CLS_LOSSES
 
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
 
@@ -269,6 +270,9 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     and then ignored. Raises ValueError naming the key (and the allowed values)."""
     _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
+    _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
+    if cfg.loss.cls == "ce" and cfg.loss.cls_alpha is not None:
+        raise ValueError("loss.cls_alpha is read only by loss.cls=focal or varifocal (loss.cls is ce)")
     if cfg.logger.wandb is not None:
         _in(cfg.logger.wandb.mode, ("online", "offline", "disabled"), "logger.wandb.mode")
     for d in [cfg.data] + ([cfg.pretrain.data] if cfg.pretrain.enabled and cfg.pretrain.data else []):

@@ -247,3 +247,47 @@ def _child_keep_share() -> float:
     from amr.model.dropout import keep_mask
 
     return float(np.mean(keep_mask((600_000,), 0.3).numpy()))
+
+
+def _cls_case():
+    """One sample, three queries, query 1 matched to the GT window [0.2, 0.6] (normalised)."""
+    import math
+
+    logits = torch.tensor([[[0.3, -0.2], [1.1, 0.4], [-0.5, 0.9]]])
+    spans = torch.tensor([[[0.5, 0.2], [0.45, 0.3], [0.7, 0.1]]])  # (center, width)
+    outputs = {"pred_logits": logits, "pred_spans": spans}
+    targets = {"span_labels": [{"spans": torch.tensor([[0.4, 0.4]])}]}
+    indices = [(torch.tensor([1]), torch.tensor([0]))]
+    p = [1 / (1 + math.exp(-(a - b))) for a, b in logits[0].tolist()]  # foreground probability
+    iou = (0.6 - 0.3) / (0.6 - 0.2)  # [0.3, 0.6] against [0.2, 0.6]: 0.3 / 0.4
+    return outputs, targets, indices, p, iou, math
+
+
+def test_varifocal_loss_by_hand() -> None:
+    from amr.model import build_criterion
+
+    outputs, targets, indices, p, q, math = _cls_case()
+    crit = build_criterion(cls="varifocal")
+    got = crit.loss_labels(outputs, targets, indices)["loss_label"].item()
+    pos = -q * (q * math.log(p[1]) + (1 - q) * math.log(1 - p[1]))  # IoU-weighted BCE towards q
+    neg = [-0.75 * p[i] ** 2 * math.log(1 - p[i]) for i in (0, 2)]  # alpha p^gamma BCE towards 0
+    assert got == pytest.approx((pos + sum(neg)) / 3, rel=1e-6)
+
+
+def test_focal_loss_by_hand_and_ce_stays_official() -> None:
+    import torch.nn.functional as F
+
+    from amr.model import build_criterion
+
+    outputs, targets, indices, p, _, math = _cls_case()
+    got = build_criterion(cls="focal").loss_labels(outputs, targets, indices)["loss_label"].item()
+    pos = -0.25 * (1 - p[1]) ** 2 * math.log(p[1])
+    neg = [-0.75 * p[i] ** 2 * math.log(1 - p[i]) for i in (0, 2)]
+    assert got == pytest.approx((pos + sum(neg)) / 3, rel=1e-6)
+    # the default is the official weighted cross-entropy, whatever the focal parameters say
+    ce = build_criterion().loss_labels(outputs, targets, indices)["loss_label"]
+    target = torch.tensor([[1, 0, 1]])
+    ref = F.cross_entropy(outputs["pred_logits"].transpose(1, 2), target, torch.tensor([1.0, 0.1]), reduction="none")
+    assert torch.equal(ce, ref.mean())
+    with pytest.raises(ValueError, match="loss.cls must be one of"):
+        build_criterion(cls="softmax")

@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amr.model.matcher import HungarianMatcher
-from amr.model.span_ops import cxw_to_xx, paired_generalized_temporal_iou
+from amr.model.span_ops import cxw_to_xx, paired_generalized_temporal_iou, temporal_iou
 
 FOREGROUND, BACKGROUND = 0, 1
+# the class-logit losses and their default alpha: the official cross-entropy; focal loss (Lin et al.,
+# 2017) on binary targets; varifocal loss (Zhang et al., 2021) on IoU-aware targets
+CLS_LOSSES: dict[str, float | None] = {"ce": None, "focal": 0.25, "varifocal": 0.75}
 
 
 class SetCriterion(nn.Module):
@@ -27,8 +30,15 @@ class SetCriterion(nn.Module):
         eos_coef: float = 0.1,
         saliency_margin: float = 0.2,
         tau: float = 0.5,
+        cls: str = "ce",
+        cls_alpha: float | None = None,
+        cls_gamma: float = 2.0,
     ) -> None:
         super().__init__()
+        if cls not in CLS_LOSSES:
+            raise ValueError(f"loss.cls must be one of {list(CLS_LOSSES)}, got {cls!r}")
+        self.cls, self.cls_gamma = cls, cls_gamma
+        self.cls_alpha = float(cls_alpha if cls_alpha is not None else CLS_LOSSES[cls] or 0.0)
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
         self.saliency_margin = saliency_margin
@@ -50,14 +60,38 @@ class SetCriterion(nn.Module):
             "loss_giou": (1 - paired_generalized_temporal_iou(cxw_to_xx(src), cxw_to_xx(tgt))).mean(),
         }
 
+    def _matched_iou(self, outputs: dict, targets: dict, indices: list) -> Tensor:
+        """IoU of each matched prediction with its GT window (no gradient): the varifocal target."""
+        src = outputs["pred_spans"][self._src_idx(indices)].detach()
+        tgt = torch.cat([t["spans"][j] for t, (_, j) in zip(targets["span_labels"], indices, strict=True)])
+        iou, _ = temporal_iou(cxw_to_xx(src), cxw_to_xx(tgt.to(src.device)))
+        return iou.diagonal() if len(src) else src.new_zeros(0)
+
+    def _focal(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Focal (binary target) or varifocal (IoU target) loss of the foreground probability
+        p = softmax(logits)[FOREGROUND] = sigmoid(l_fg - l_bg), per query. target: (B, Nq) in [0, 1]."""
+        z = logits[..., FOREGROUND] - logits[..., BACKGROUND]
+        p = torch.sigmoid(z)
+        bce = F.binary_cross_entropy_with_logits(z, target, reduction="none")
+        alpha, gamma = self.cls_alpha, self.cls_gamma
+        if self.cls == "focal":
+            p_t = torch.where(target > 0, p, 1 - p)
+            return torch.where(target > 0, alpha, 1 - alpha) * (1 - p_t) ** gamma * bce
+        # varifocal: positives weighted by their IoU target, negatives down-weighted by alpha * p^gamma
+        return torch.where(target > 0, target, alpha * p.detach() ** gamma) * bce
+
     def loss_labels(self, outputs: dict, targets: dict, indices: list) -> dict[str, Tensor]:
         logits = outputs["pred_logits"]  # (B, Nq, 2)
         idx = self._src_idx(indices)
+        matched = logits[idx]
+        correct = (matched.argmax(-1) == FOREGROUND).float().mean() * 100 if len(matched) else logits.new_tensor(0.0)
+        if self.cls != "ce":  # mean over every query, as the official term
+            soft = logits.new_zeros(logits.shape[:2])
+            soft[idx] = self._matched_iou(outputs, targets, indices) if self.cls == "varifocal" else 1.0
+            return {"loss_label": self._focal(logits, soft).mean(), "class_error": (100 - correct).detach()}
         target = torch.full(logits.shape[:2], BACKGROUND, dtype=torch.int64, device=logits.device)
         target[idx] = FOREGROUND
         ce = F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight, reduction="none")
-        matched = logits[idx]
-        correct = (matched.argmax(-1) == FOREGROUND).float().mean() * 100 if len(matched) else logits.new_tensor(0.0)
         # Official quirk, kept for parity: a plain mean of the class-weighted CE, not divided by the sum
         # of the weights as a weighted mean would be (it scales this term's gradient).
         return {"loss_label": ce.mean(), "class_error": (100 - correct).detach()}
@@ -150,13 +184,24 @@ class LossConfig:
     lw_saliency: float = 1.0
     eos_coef: float = 0.1
     saliency_margin: float = 0.2
+    cls: str = "ce"  # class-logit loss: ce (official) | focal | varifocal (IoU-aware targets)
+    cls_alpha: float | None = None  # focal/varifocal alpha; None: 0.25 focal, 0.75 varifocal
+    cls_gamma: float = 2.0
 
 
-def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float) -> SetCriterion:
+def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float | str | None) -> SetCriterion:
     """The official criterion; keyword arguments override fields of :class:`LossConfig`."""
-    c = LossConfig(**losses)
+    c = LossConfig(**losses)  # type: ignore[arg-type]
     matcher = HungarianMatcher(cost_class=c.set_cost_class, cost_span=c.set_cost_span, cost_giou=c.set_cost_giou)
     weights = official_weight_dict(
         c.span_loss_coef, c.giou_loss_coef, c.label_loss_coef, c.lw_saliency, dec_layers, aux_loss
     )
-    return SetCriterion(matcher, weights, eos_coef=c.eos_coef, saliency_margin=c.saliency_margin)
+    return SetCriterion(
+        matcher,
+        weights,
+        eos_coef=c.eos_coef,
+        saliency_margin=c.saliency_margin,
+        cls=c.cls,
+        cls_alpha=c.cls_alpha,
+        cls_gamma=c.cls_gamma,
+    )
