@@ -301,3 +301,19 @@ def test_a_pre_training_shared_by_systems_is_drawn_once(tmp_path) -> None:
         info_path.write_text(json.dumps(dict(info, pretrain_checkpoint=str(cache / "best.ckpt"))))
     curves = Sweep([sweep], metrics=["R1@0.7"]).curves()
     assert [(c.system, c.stage) for c in curves] == [("system1", "pretrain")]
+
+
+def test_timeline_colours_one_per_system_and_never_the_gt_green() -> None:
+    from matplotlib.colors import to_hex
+
+    rows = [("#1 (0.9)", 1.0, 2.0), ("#2 (0.5)", 3.0, 4.0)]
+    fig = figures.timeline_figure([figures.Timeline("q: one system", 10.0, [[1.0, 2.0]], rows)])
+    bars = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    figures._plt().close(fig)
+    gt, preds = bars[:2], bars[2:]  # background and GT window, then the two predictions
+    assert len(set(preds)) == 1 and preds[0] not in gt
+    both = [("A #1 (0.9)", 1.0, 2.0), ("B #1 (0.5)", 3.0, 4.0)]
+    fig = figures.timeline_figure([figures.Timeline("q: two systems", 10.0, [[1.0, 2.0]], both)])
+    preds = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches][2:]
+    figures._plt().close(fig)
+    assert len(set(preds)) == 2 and not set(preds) & set(gt)

@@ -197,6 +197,14 @@ def curves_figure(curves: Sequence[Curve], metrics: Sequence[str]) -> Any:
     return fig
 
 
+SYSTEM_COLOURS = (BAR_COLOUR, "#DD8452", "#8172B3", "#C44E52", "#937860", "#DA8BC3")  # no green: GT is green
+
+
+def _system_of(label: str) -> str:
+    """``"ref #2 (0.81)"`` -> ``"ref"``; a single system's ``"#2 (0.81)"`` -> ``""``."""
+    return label.rsplit("#", 1)[0].strip()
+
+
 @dataclass
 class Timeline:
     """One query: its recording length, GT windows and labelled predicted windows ``(label, st, ed)``."""
@@ -219,9 +227,9 @@ def timeline_figure(timelines: Sequence[Timeline]) -> Any:
         ax.barh(n, t.duration, color="#eeeeee", height=0.7)
         for st, ed in t.gt:
             ax.barh(n, ed - st, left=st, color="tab:green", height=0.7)
-        groups = list(dict.fromkeys(label.split(" #")[0] for label, _, _ in t.rows))  # a colour per system
+        groups = list(dict.fromkeys(_system_of(label) for label, _, _ in t.rows))  # a colour per system
         for k, (label, st, ed) in enumerate(t.rows):
-            colour = plt.get_cmap("tab10")(groups.index(label.split(" #")[0])) if len(groups) > 1 else BAR_COLOUR
+            colour = SYSTEM_COLOURS[groups.index(_system_of(label)) % len(SYSTEM_COLOURS)]
             ax.barh(n - 1 - k, max(ed - st, 0.3), left=st, color=colour, height=0.6)
         ax.set_yticks(range(n, -1, -1), ["GT"] + [label for label, _, _ in t.rows])
         ax.set_xlim(0, t.duration)

@@ -112,7 +112,10 @@ def _load_run(metrics_path: Path) -> Run | None:
     if not info_path.is_file():
         return None
     info = json.loads(info_path.read_text())
-    gt_path = Path(info["annotations"]["test"])
+    gt_name = info.get("annotations", {}).get("test")
+    if not gt_name:
+        raise InputError("run.json names no test annotations (a run from an older amr?)", info_path)
+    gt_path = Path(gt_name)
     preds_path = folder / "predictions" / "test_preds.jsonl"
     if not preds_path.is_file():
         raise InputError("run has no predictions/test_preds.jsonl (intervals and per-length metrics need it)", folder)
