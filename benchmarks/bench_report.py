@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from amr.report import report
+from amr.testing.sweeps import fake_annotations, fake_sweep
 from benchmarks.common import peak_rss_mb, table, update_report
-from tests.helpers import fake_annotations, fake_sweep
 
 TARGET_S = 60.0
 

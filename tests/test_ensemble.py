@@ -11,7 +11,7 @@ import pytest
 
 from amr.ensemble import average, ensemble, wbf
 from amr.errors import InputError
-from tests.helpers import fake_annotations, fake_sweep
+from amr.testing.sweeps import fake_annotations, fake_sweep
 
 
 def _ranked(rng: np.random.Generator, n: int = 10) -> np.ndarray:

@@ -17,7 +17,7 @@ import pytest
 from amr.report import Sweep, figures, interval, paired, permutation_p
 from amr.report import sweep as sw
 from amr.report.runs import stage_curves
-from tests.helpers import fake_annotations, fake_sweep
+from amr.testing.sweeps import fake_annotations, fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
