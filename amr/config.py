@@ -19,6 +19,8 @@ from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
+from amr.model.decode import DECODERS
+from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
 
@@ -140,6 +142,7 @@ class TrainConfig:
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     augment: AugmentCfg = field(default_factory=AugmentCfg)
+    decode: DecodeCfg = field(default_factory=DecodeCfg)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerCfg = field(default_factory=LoggerCfg)
     callbacks: dict[str, Any] = field(default_factory=dict)  # name -> Lightning callback (``_target_``)
@@ -271,6 +274,7 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
+    _in(cfg.decode.name, DECODERS, "decode.name")
     if cfg.loss.cls == "ce" and cfg.loss.cls_alpha is not None:
         raise ValueError("loss.cls_alpha is read only by loss.cls=focal or varifocal (loss.cls is ce)")
     if cfg.logger.wandb is not None:

@@ -13,6 +13,7 @@ from amr.inference import predict_batch
 from amr.metrics.retrieval import length_buckets, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
 from amr.model import QDDETR, QDDETRConfig, build_criterion
+from amr.model.decode import DecodeConfig
 
 
 def adamw(
@@ -36,9 +37,12 @@ class MomentRetrievalModule(pl.LightningModule):
     clipping (0.1) is the Trainer's. Validation and test use the official post-processing and
     metrics; ``predictions[role]`` keeps the last epoch's prediction lines."""
 
-    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any]) -> None:
+    def __init__(
+        self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any], decode: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.decode = DecodeConfig(**(decode or {}))  # how validation and test form moments
         self.model = QDDETR(QDDETRConfig(**model))
         self.criterion = build_criterion(
             dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True), **loss
@@ -77,7 +81,7 @@ class MomentRetrievalModule(pl.LightningModule):
         self._metric("test")
 
     def _eval_step(self, role: str, batch: dict[str, Any]) -> None:
-        pred = predict_batch(self.model, batch)
+        pred = predict_batch(self.model, batch, decode=self.decode)
         if "targets" in batch:
             losses = self.criterion(pred.outputs, batch["targets"])
             self.log(

@@ -72,6 +72,8 @@ def pretrain_key(cfg: DictConfig) -> str:
     }
     if callbacks:  # only when present, so that the keys of runs without callbacks stay as they were
         ident["callbacks"] = callbacks
+    if cfg.get("decode") is not None and cfg.decode.name != "detr":  # it picks the best epoch; detr keeps old keys
+        ident["decode"] = plain(cfg.decode)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -72,7 +72,9 @@ def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: Di
 
 def _module(cfg: DictConfig) -> MomentRetrievalModule:
     """The training module of this config: the network, criterion and optimiser settings."""
-    return MomentRetrievalModule(model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim))
+    return MomentRetrievalModule(
+        model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim), decode=plain(cfg.decode)
+    )
 
 
 def _trainer(
