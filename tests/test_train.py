@@ -136,6 +136,9 @@ def test_pretrain_is_cached_across_finetune_changes(root, caplog) -> None:
     assert pretrain_key(_cfg(root, "c", "experiment=system2")) == key_a  # same pretrain stage
     assert pretrain_key(_cfg(root, "c", "experiment=baseline")) != key_a  # no augmentation in pretrain
     assert pretrain_key(_cfg(root, "c", "experiment=system1", "pretrain.batch_size=4")) != key_a
+    # the decoder picks the best epoch: a non-official one is part of the key, the official one is not
+    assert pretrain_key(_cfg(root, "c", "experiment=system1", "decode=detr")) == key_a
+    assert pretrain_key(_cfg(root, "c", "experiment=system1", "decode=saliency")) != key_a
 
 
 def test_multirun_two_jobs(root) -> None:
