@@ -19,7 +19,6 @@ from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
-from amr.model.decode import DECODERS
 from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
@@ -274,9 +273,9 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
-    _in(cfg.decode.name, DECODERS, "decode.name")
-    if cfg.loss.cls == "ce" and cfg.loss.cls_alpha is not None:
-        raise ValueError("loss.cls_alpha is read only by loss.cls=focal or varifocal (loss.cls is ce)")
+    DecodeCfg(**plain(cfg.decode)).check()
+    if cfg.loss.cls == "ce" and (cfg.loss.cls_alpha is not None or cfg.loss.cls_gamma != LossCfg().cls_gamma):
+        raise ValueError("loss.cls_alpha and loss.cls_gamma are read only by loss.cls=focal or varifocal")
     if cfg.logger.wandb is not None:
         _in(cfg.logger.wandb.mode, ("online", "offline", "disabled"), "logger.wandb.mode")
     for d in [cfg.data] + ([cfg.pretrain.data] if cfg.pretrain.enabled and cfg.pretrain.data else []):

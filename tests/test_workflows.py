@@ -166,6 +166,12 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["train.batch_size=0"], r"train\.batch_size must be >= 1"),
         (["+callbacks.es.patience=3"], r"callbacks\.es needs a _target_"),
         (["fit=false"], "fit=false evaluates a checkpoint: give ckpt_path"),
+        (["data.length_buckets=[3,1]"], r"data\.length_buckets: length bucket edges must be >= 0 and strictly"),
+        (["decode=detr", "decode.penalty=-2"], r"decode\.penalty is not read by decode=detr"),
+        (["decode=saliency", "decode.detr_weight=0.3"], r"decode\.detr_weight is not read by decode=saliency"),
+        (["decode=hybrid", "decode.detr_weight=1.5"], r"decode\.detr_weight must be in \[0, 1\]"),
+        (["loss.cls_gamma=1.0"], r"loss\.cls_alpha and loss\.cls_gamma are read only by loss\.cls=focal"),
+        (["loss.cls=dice"], r"loss\.cls must be one of \['ce', 'focal', 'varifocal'\]"),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, overrides, message) -> None:

@@ -84,7 +84,13 @@ def threshold_segments(curve: np.ndarray, k: float = 0.5, min_len: int = 1) -> n
     return np.stack([starts[keep], ends[keep]], 1)
 
 
-DECODERS = ("detr", "saliency", "segmental", "hybrid")
+# each decoder and the settings it reads (a changed setting another decoder reads is refused)
+DECODERS: dict[str, tuple[str, ...]] = {
+    "detr": (),
+    "saliency": ("threshold_k", "min_len"),
+    "segmental": ("threshold_k", "min_len", "max_len", "penalty"),
+    "hybrid": ("max_len", "penalty", "detr_weight"),
+}
 
 
 @dataclass
@@ -97,6 +103,20 @@ class DecodeConfig:
     max_len: int = 60  # segmental: longest segment, frames
     penalty: float = -4.0  # segmental: log prior per segment
     detr_weight: float = 0.5  # hybrid: weight of the DETR score beside the segmental posterior
+
+    def check(self) -> None:
+        """Raises ValueError naming the key: an unknown decoder, a value out of range, or a setting
+        the chosen decoder would ignore."""
+        if self.name not in DECODERS:
+            raise ValueError(f"decode.name must be one of {list(DECODERS)}, got {self.name!r}")
+        if self.min_len < 1 or self.max_len < 1:
+            raise ValueError(f"decode.min_len and decode.max_len must be >= 1, got {self.min_len}, {self.max_len}")
+        if not 0.0 <= self.detr_weight <= 1.0:
+            raise ValueError(f"decode.detr_weight must be in [0, 1], got {self.detr_weight}")
+        default = DecodeConfig()
+        for key in ("threshold_k", "min_len", "max_len", "penalty", "detr_weight"):
+            if getattr(self, key) != getattr(default, key) and key not in DECODERS[self.name]:
+                raise ValueError(f"decode.{key} is not read by decode={self.name}")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

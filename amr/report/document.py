@@ -11,7 +11,7 @@ from amr.io import atomic_open, write_json
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES
 from amr.report import figures
 from amr.report import sweep as sw
-from amr.report.runs import COLUMNS
+from amr.report.runs import COLUMNS, data_digest
 from amr.report.stats import Estimate, Paired
 
 METHOD = (
@@ -161,7 +161,7 @@ def compare(run_a: str | Path, run_b: str | Path) -> str:
     for s, path in ((a, run_a), (b, run_b)):
         if len(s.systems) != 1:
             raise InputError(f"holds {len(s.systems)} systems; compare takes one system on each side", path)
-    if a.runs[0].gt_path.read_bytes() != b.runs[0].gt_path.read_bytes():
+    if data_digest(a.runs[0].gt_path) != data_digest(b.runs[0].gt_path):
         raise InputError(f"tested on different data than {run_a} ({b.runs[0].gt_path})", run_b)
     sa, sb = a.systems[0], b.systems[0]
     lines = [

@@ -54,7 +54,8 @@ def _ground_truth(path: Path) -> dict[str, np.ndarray]:
 
 
 @cache
-def _digest(path: Path) -> str:
+def data_digest(path: Path) -> str:
+    """The identity of an annotation file: runs are comparable when theirs are equal."""
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
@@ -154,7 +155,7 @@ def find_runs(roots: Sequence[str | Path]) -> list[Run]:
         )
     by_data: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
-        by_data[_digest(r.gt_path)].append(r)
+        by_data[data_digest(r.gt_path)].append(r)
     if len(by_data) > 1:
         (a, *_), (b, *_) = list(by_data.values())[:2]
         raise InputError(
