@@ -277,7 +277,8 @@ def evaluate(
             f"{len(extra)} not in ground truth {extra[:5]}"
         )
     _, ap, r1_iou = per_query_scores(predictions, ground_truth)
-    out: dict[str, Any] = {"brief": _brief("full", _tables(ap, r1_iou)), "full": _tables(ap, r1_iou)}
+    full = _tables(ap, r1_iou)
+    out: dict[str, Any] = {"brief": _brief("full", full), "full": full}
     for name, rng in (buckets or {}).items():
         if name in ("full", "brief"):
             raise ValueError(f"length bucket name {name!r} is reserved")

@@ -152,9 +152,10 @@ def compare_systems(
 ) -> list[tuple[str, str, Paired]]:
     """(system, metric, B - reference) for each of ``others``, on the queries both were scored on."""
     out = []
+    ref = {metric: seed_matrix(reference.runs, metric) for metric in metrics}  # once, not per system
     for s in others:
         for metric in metrics:
-            qa, ma = seed_matrix(reference.runs, metric)
+            qa, ma = ref[metric]
             qb, mb = seed_matrix(s.runs, metric)
             common = sorted(set(qa) & set(qb))
             ia, ib = [qa.index(q) for q in common], [qb.index(q) for q in common]
