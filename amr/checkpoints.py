@@ -121,6 +121,12 @@ def load_model(path: str | Path, feature_dim: int | None = None) -> QDDETR:
     return model.eval()
 
 
+def stored_decode(path: str | Path) -> dict[str, Any] | None:
+    """The ``decode`` settings an amr checkpoint was validated with (None: older checkpoints, the official decoding)."""
+    decode = read_amr(path)[HPARAMS].get("decode")
+    return dict(decode) if decode else None
+
+
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Initialise a training module from an amr checkpoint's weights (no optimiser, no epoch)."""
     load_strict(module, read_amr(path)[STATE], path, "this run's model config")

@@ -28,7 +28,7 @@ import numpy as np
 
 from amr.errors import InputError
 from amr.io import write_json
-from amr.metrics.predictions import evaluate_files, load_predictions, write_metrics, write_predictions
+from amr.metrics.predictions import derived_overrides, evaluate_lines, load_predictions, write_derived_run
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MAX_PREDICTIONS, length_buckets
 
 METHODS = ("wbf", "average")
@@ -179,7 +179,10 @@ def ensemble(
     ``<split>_preds.jsonl``, ``<split>_metrics.json`` (official, and per GT length bucket) and
     ``ensemble.json``. Returns the metrics per split."""
     w = _check_members(runs, weights, method, iou)
-    results = {}
+    infos = [_info(r) for r in runs]
+    results: dict[str, dict[str, Any]] = {}
+    lines: dict[str, list[dict[str, Any]]] = {}
+    annotations: dict[str, str] = {}
     for split in ("val", "test"):
         files = [_split_files(r, split) for r in runs]
         if not all(p.is_file() for p, _ in files):
@@ -188,13 +191,24 @@ def ensemble(
         for (p, _), preds in zip(files[1:], loaded[1:], strict=True):
             if set(preds) != set(loaded[0]):
                 raise InputError(f"predicts other {split} queries than {files[0][0]}", p)
-        write_predictions(out / f"{split}_preds.jsonl", fuse(loaded, w, method, iou))
+        lines[split] = fuse(loaded, w, method, iou)
         gt = files[0][1]
         if gt is not None and gt.is_file():
-            results[split] = evaluate_files(
-                out / f"{split}_preds.jsonl", gt, buckets=length_buckets(DEFAULT_BUCKET_EDGES)
-            )
-            write_metrics(out / f"{split}_metrics.json", results[split])
+            annotations[split] = str(gt)
+            results[split] = evaluate_lines(lines[split], gt, buckets=length_buckets(DEFAULT_BUCKET_EDGES))
+    info = {
+        "experiment": infos[0].get("experiment", "ensemble"),
+        "overrides": derived_overrides(infos, [f"ensemble={method}"]),
+        "seed": 0,
+        "annotations": annotations,
+        "derived_from": [str(r) for r in runs],
+    }
+    write_derived_run(out, info, lines, results)
     members = [str(r) for r in runs]
     write_json(out / "ensemble.json", {"method": method, "iou": iou, "runs": members, "weights": w})
     return results
+
+
+def _info(run: Path) -> dict[str, Any]:
+    path = run / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

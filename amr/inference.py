@@ -6,14 +6,16 @@ so de-normalisation, the official post-processing and the line format are writte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from amr.calibrate import Calibrator
 from amr.model import postprocess
-from amr.model.decode import DecodeConfig, decode_sample
+from amr.model.decode import DecodeConfig, Rows, decode_batch
 
 MAX_TS = 300.0  # the official clamp of predicted windows, in seconds, whatever the recording's length
 
@@ -39,25 +41,64 @@ def prediction_line(meta: dict[str, Any], windows: list[list[float]]) -> dict[st
     return {"qid": meta["qid"], "query": meta["query"], "vid": meta["vid"], "pred_relevant_windows": windows}
 
 
-def predict_batch(
-    model: nn.Module, batch: dict[str, Any], max_ts: float = MAX_TS, decode: DecodeConfig | None = None
-) -> BatchPrediction:
-    """Run the network on a batch of :func:`amr.data.dataset.collate` and post-process it.
+@dataclass
+class Candidates:
+    """What the decoders read, per query: the official rows (seconds, best first), the saliency of
+    the valid frames (T_b,) and the recording's duration."""
 
-    Spans are de-normalised by each item's ``duration`` and clamped to ``[0, max_ts]``; the rows
-    are ranked by foreground probability (official post-processing). Another ``decode`` then forms
-    or re-scores the moments from the per-frame saliency of each item's valid frames.
-    """
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    detr_rows: list[Rows] = field(default_factory=list)
+    curves: list[np.ndarray] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+
+    def extend(self, other: Candidates) -> None:
+        for name in ("meta", "detr_rows", "curves", "durations"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def lines(
+        self, decode: DecodeConfig | None = None, calibrator: Calibrator | None = None, chunk: int = 1024
+    ) -> list[dict[str, Any]]:
+        """Official prediction lines under ``decode`` (default the official decoding), re-scored by
+        ``calibrator`` when given."""
+        decode = decode or DecodeConfig()
+        rows: list[Rows] = []
+        for i in range(0, len(self.meta), chunk):
+            part = slice(i, i + chunk)
+            rows += decode_batch(self.detr_rows[part], self.curves[part], self.durations[part], decode)
+        if calibrator is not None:
+            rows = [
+                calibrator.rescore(r, d, c, t)
+                for r, d, c, t in zip(rows, self.detr_rows, self.curves, self.durations, strict=True)
+            ]
+        return [prediction_line(meta, r) for meta, r in zip(self.meta, rows, strict=True)]
+
+
+def network_outputs(
+    model: nn.Module, batch: dict[str, Any], max_ts: float = MAX_TS
+) -> tuple[dict[str, Any], Candidates]:
+    """Run the network on a batch of :func:`amr.data.dataset.collate`: its outputs, and the official
+    rows (spans de-normalised by each item's ``duration``, clamped to ``[0, max_ts]``, ranked by
+    foreground probability) with each item's valid-frame saliency."""
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
     outputs = model(**inputs)
-    durations = batch["duration"].tolist()
+    durations = [float(d) for d in batch["duration"].tolist()]
     ranked = postprocess(outputs, durations, max_ts=max_ts)
-    if decode is not None and decode.name != "detr":
-        saliency = outputs["saliency_scores"].detach().float().cpu().numpy()
-        valid = outputs["audio_mask"].detach().cpu().numpy() > 0
-        ranked = [
-            decode_sample(rows, saliency[i][valid[i]], float(durations[i]), decode) for i, rows in enumerate(ranked)
-        ]
-    lines = [prediction_line(meta, rows) for meta, rows in zip(batch["meta"], ranked, strict=True)]
-    return BatchPrediction(outputs, lines)
+    saliency = outputs["saliency_scores"].detach().float().cpu().numpy()
+    valid = outputs["audio_mask"].detach().cpu().numpy() > 0
+    curves = [saliency[i][valid[i]] for i in range(len(ranked))]
+    return outputs, Candidates(list(batch["meta"]), ranked, curves, durations)
+
+
+def predict_batch(
+    model: nn.Module,
+    batch: dict[str, Any],
+    max_ts: float = MAX_TS,
+    decode: DecodeConfig | None = None,
+    calibrator: Calibrator | None = None,
+) -> BatchPrediction:
+    """The network's outputs on a batch and its official prediction lines; another ``decode`` forms
+    or re-scores the moments from the per-frame saliency of each item's valid frames, and a
+    ``calibrator`` re-scores them."""
+    outputs, cands = network_outputs(model, batch, max_ts)
+    return BatchPrediction(outputs, cands.lines(decode, calibrator))

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from amr.checkpoints import load_model
+from amr.calibrate import Calibrator, beside
+from amr.checkpoints import load_model, stored_decode
 from amr.data.annotations import Query
 from amr.data.dataset import audio_input, collate, make_item
 from amr.data.features import AUDIO_KEY, FEAT_DIM, check_features, l2_normalize, load_npz_array
 from amr.errors import InputError
 from amr.inference import predict_batch
+from amr.model.decode import DecodeConfig
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 class Moment:
     start: float  # seconds
     end: float
-    score: float  # foreground probability
+    score: float  # the decoder's score (official: foreground probability; calibrated: P(IoU >= 0.7))
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -92,6 +94,28 @@ def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None =
     return kept
 
 
+def decoding(
+    ckpt: str | Path, decode: DecodeConfig | None = None, calibrator: str | Path | bool = True
+) -> tuple[DecodeConfig, Calibrator | None]:
+    """How a checkpoint's predictions are formed: ``decode`` (default: the calibrator's decoder when
+    there is one, else the checkpoint's own, else the official one) and the calibrator (``True``:
+    ``calibrator.json`` beside the checkpoint when present; ``False``: none; a path: that file)."""
+    path = beside(ckpt) if calibrator is True else (Path(calibrator) if calibrator else None)
+    cal = Calibrator.load(path) if path is not None and (path.is_file() or calibrator is not True) else None
+    if cal is not None:
+        if decode is not None and decode != cal.decoder():
+            raise InputError(
+                f"the calibrator was fit on decode={cal.decoder().name} with other settings; "
+                "leave --decode out or pass --no-calibrator",
+                path,
+            )
+        return cal.decoder(), cal
+    if decode is not None:
+        return decode, None
+    stored = stored_decode(ckpt)
+    return (DecodeConfig(**stored) if stored else DecodeConfig()), None
+
+
 class Predictor:
     """A trained checkpoint plus (lazily) MS-CLAP, answering text queries on recordings.
 
@@ -102,6 +126,7 @@ class Predictor:
         centered: make audio features with 0.5 s padding (as Clotho-Moment's); CASTELLA's are not.
         max_frames: longest input the model sees at once (training's ``max_a_l``).
         nms_iou: overlap above which a window's candidate is dropped for a better one (long audio).
+        decode, calibrator: see :func:`decoding`; every window of a long recording is decoded alike.
     """
 
     def __init__(
@@ -112,6 +137,8 @@ class Predictor:
         centered: bool = False,
         max_frames: int = 300,
         nms_iou: float = 0.7,
+        decode: DecodeConfig | None = None,
+        calibrator: str | Path | bool = True,
     ) -> None:
         from amr.clap.model import pick_device
 
@@ -119,6 +146,7 @@ class Predictor:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         self.device = pick_device(device)
         self.model = load_model(ckpt, FEAT_DIM).to(self.device)
+        self.decode, self.calibrator = decoding(ckpt, decode, calibrator)
         self.clap_weights = clap_weights
         self.centered = centered
         self.max_frames = max_frames
@@ -172,7 +200,8 @@ class Predictor:
             )
             for i, s in enumerate(starts)
         ]
-        lines = predict_batch(self.model, collate(items), max_ts=float(size)).lines
+        batch = collate(items)
+        lines = predict_batch(self.model, batch, float(size), self.decode, self.calibrator).lines
         return [
             [st + s, ed + s, sc]
             for s, line in zip(starts, lines, strict=True)
@@ -188,9 +217,9 @@ class Predictor:
         """The ``top_k`` moments of ``query`` in the recording, best first. For several queries on
         one recording, pass ``self.audio_features(path)`` so that its audio goes through CLAP once.
 
-        A recording of at most ``max_frames`` frames gets the official post-processing (integer
-        seconds, ranked by confidence, no suppression), clamped to the recording instead of 300 s;
-        a longer one is windowed and merged.
+        A recording of at most ``max_frames`` frames gets the post-processing of the decoder (the
+        official one by default: integer seconds, ranked by confidence, no suppression), clamped to
+        the recording instead of 300 s; a longer one is windowed, each window decoded, and merged.
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

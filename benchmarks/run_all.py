@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = (
     ("data", "bench_data"),
     ("eval", "bench_eval"),
+    ("decoders", "bench_decode"),
     ("report", "bench_report"),
     ("train step", "bench_train"),
     ("back-translation", "bench_backtranslate"),

@@ -67,7 +67,7 @@ def test_ensemble_of_identical_runs_scores_as_the_run(runs, tmp_path) -> None:
     assert json.loads((tmp_path / "same" / "ensemble.json").read_text())["runs"] == [str(runs[0])] * 3
     fused = ensemble(runs, tmp_path / "all")  # four different runs fuse into something else
     assert fused["test"]["full"] != expected["full"]
-    lines = (tmp_path / "all" / "test_preds.jsonl").read_text().splitlines()
+    lines = (tmp_path / "all" / "predictions" / "test_preds.jsonl").read_text().splitlines()
     assert len(lines) == 80 and all(len(json.loads(ln)["pred_relevant_windows"]) <= 10 for ln in lines)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amr.cli.rescoring import add_decode_options, decode_option, rescore_commands
 from amr.cli.results import result_commands
 from amr.errors import InputError, os_error_line
 from amr.io import check_output
@@ -87,10 +88,12 @@ def _submit(args: argparse.Namespace) -> None:
     from amr.data.features import FEAT_DIM, Layout
     from amr.inference import predict_batch
     from amr.metrics.predictions import write_predictions, write_submission
+    from amr.predict import decoding
 
     for out in (args.out, args.out.with_suffix(".scores.jsonl")):
         check_output(out, [args.ckpt, *([args.annotations] if args.annotations else [])])
     model = load_model(args.ckpt, FEAT_DIM)  # checked before the features are read
+    decode, calibrator = decoding(args.ckpt, decode_option(args.decode, args.set), not args.no_calibrator)
     layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
     annotations = (
         Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
@@ -100,10 +103,11 @@ def _submit(args: argparse.Namespace) -> None:
     lines = []
     with torch.inference_mode():
         for batch in loader:
-            lines += predict_batch(model, batch).lines
+            lines += predict_batch(model, batch, decode=decode, calibrator=calibrator).lines
     write_predictions(args.out.with_suffix(".scores.jsonl"), lines)
     write_submission(args.out, lines)
-    print(f"{len(lines)} queries: submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
+    how = f"decode={decode.name}" + (f", {calibrator.method} calibrator" if calibrator else "")
+    print(f"{len(lines)} queries ({how}): submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
 
 
 def _encoder_factory(args: argparse.Namespace) -> Callable[[], ClapEncoder]:
@@ -156,8 +160,17 @@ def _predict(args: argparse.Namespace) -> None:
     for q in queries:
         if not q.strip():
             raise InputError("query is empty (only whitespace)", "--query")
+    decode = decode_option(args.decode, args.set)
     recording = read_recording(args.audio, args.centered)  # bad audio fails before any model loads
-    predictor = Predictor(args.ckpt, args.clap_weights, args.device, args.centered, args.max_frames)
+    predictor = Predictor(
+        args.ckpt,
+        args.clap_weights,
+        args.device,
+        args.centered,
+        args.max_frames,
+        decode=decode,
+        calibrator=not args.no_calibrator,
+    )
     frames = predictor.audio_features(recording)
     results = [(q, predictor.predict(frames, q, args.top_k)) for q in queries]
     if args.json:
@@ -232,6 +245,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--feat-dir", default="dcase2026_evaluation")
     u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")
     u.add_argument("--cache-dir", type=Path, default=Path("outputs/.cache/packs"))
+    add_decode_options(u)
     u.set_defaults(fn=_submit)
 
     pr = sub.add_parser("predict", help="moments of a text query in an audio file (or a features .npz)")
@@ -242,6 +256,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--centered", action="store_true", help="features as Clotho-Moment's (0.5 s padding)")
     pr.add_argument("--max-frames", type=int, default=300, help="longer audio is windowed with half overlap")
+    add_decode_options(pr)
     _clap_options(pr)
     pr.set_defaults(fn=_predict)
 
@@ -260,7 +275,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_data_commands, result_commands, _model_commands):
+    for add in (_data_commands, result_commands, rescore_commands, _model_commands):
         add(sub)
     return p
 

@@ -7,68 +7,112 @@ background. Its weight is ``exp(sum over segments of (U[a, b) + penalty))``, ``U
 the frame scores inside; a negative ``penalty`` (a log prior per segment) makes one segment likelier
 than the same frames split into adjacent ones. The posterior of a span, ``P([a, b) is a segment)``,
 sums the weights of the segmentations holding it over the sum of all weights; forward and backward
-sums make it exact in O(T x max_len).
+sums make it exact in O(T x max_len), computed for a whole batch of recordings at once (a loop over
+the T frames, vectorised over recordings and segment lengths).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+Rows = list[list[float]]  # ranked [st, ed, score] rows of one query, seconds
 
 
 def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.sum(np.exp(x - m), axis=axis))
 
 
-def _segment_scores(scores: np.ndarray, max_len: int, penalty: float) -> np.ndarray:
-    """seg[t, l - 1] = U[t, t + l) + penalty, -inf where the segment would leave the recording. (T, L)."""
-    t = len(scores)
-    cum = np.concatenate([[0.0], np.cumsum(scores)])
-    starts = np.arange(t)[:, None]
-    lengths = np.arange(1, max_len + 1)[None, :]
-    ends = starts + lengths
-    seg = np.full((t, max_len), -np.inf)
-    ok = ends <= t
-    seg[ok] = (cum[np.minimum(ends, t)] - cum[starts])[ok] + penalty
+def _pad(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Curves of different lengths -> (B, T) zero-padded float64 scores and (B,) lengths."""
+    lengths = np.array([len(c) for c in curves], dtype=int)
+    out = np.zeros((len(curves), max(1, int(lengths.max(initial=0)))))
+    for i, c in enumerate(curves):
+        out[i, : len(c)] = c
+    return out, lengths
+
+
+def _segment_scores(scores: np.ndarray, lengths: np.ndarray, max_len: int, penalty: float) -> np.ndarray:
+    """seg[b, t, l - 1] = U_b[t, t + l) + penalty, -inf where the segment leaves recording b. (B, T, L)."""
+    b, t = scores.shape
+    cum = np.concatenate([np.zeros((b, 1)), np.cumsum(scores, 1)], 1)
+    ends = np.arange(t)[:, None] + np.arange(1, max_len + 1)[None, :]  # (T, L)
+    seg = cum[:, np.minimum(ends, t)] - cum[:, :t, None] + penalty
+    seg[ends[None] > lengths[:, None, None]] = -np.inf
     return seg
 
 
+def _forward(seg: np.ndarray) -> np.ndarray:
+    """alpha[b, e]: log total weight of the segmentations of frames [0, e) of recording b. (B, T + 1).
+    A segmentation of [0, e) ends with a background frame or with a segment [e - l, e)."""
+    b, t, max_len = seg.shape
+    alpha = np.full((b, t + 1), -np.inf)
+    alpha[:, 0] = 0.0
+    for e in range(1, t + 1):
+        starts = e - np.arange(1, min(max_len, e) + 1)
+        ends_here = alpha[:, starts] + seg[:, starts, e - starts - 1]
+        alpha[:, e] = _logsumexp(np.concatenate([alpha[:, e - 1 : e], ends_here], 1))
+    return alpha
+
+
+def _reverse(scores: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(scores)
+    for i, n in enumerate(lengths):
+        out[i, :n] = scores[i, :n][::-1]
+    return out
+
+
+def batch_posteriors(
+    curves: Sequence[np.ndarray], spans: Sequence[np.ndarray], max_len: int, penalty: float = 0.0
+) -> list[np.ndarray]:
+    """For each recording's frame scores (T_b,) and spans ``[a, b)`` (N_b, 2): the posterior that each
+    span is one segment (0 for spans longer than ``max_len`` or outside the recording)."""
+    if not curves:
+        return []
+    scores, lengths = _pad([np.asarray(c, dtype=float) for c in curves])
+    max_len = max(1, min(max_len, scores.shape[1]))
+    # the backward sums are the forward sums of the reversed recording, beta[s] = alpha_rev[T_b - s]:
+    # one forward pass over the recordings and their reversals
+    both = np.concatenate([scores, _reverse(scores, lengths)])
+    alphas = _forward(_segment_scores(both, np.concatenate([lengths, lengths]), max_len, penalty))
+    alpha, alpha_rev = alphas[: len(curves)], alphas[len(curves) :]
+    cum = np.concatenate([np.zeros((len(curves), 1)), np.cumsum(scores, 1)], 1)
+    out = []
+    for i, sp in enumerate(spans):
+        n = int(lengths[i])
+        a, e = np.asarray(sp, dtype=int).reshape(-1, 2).T
+        ok = (a >= 0) & (a < e) & (e <= n) & (e - a <= max_len)
+        a, e = np.where(ok, a, 0), np.where(ok, e, 1)
+        log_p = alpha[i, a] + cum[i, e] - cum[i, a] + penalty + alpha_rev[i, n - e] - alpha[i, n]
+        out.append(np.where(ok, np.exp(np.minimum(log_p, 0.0)), 0.0))
+    return out
+
+
 def forward_backward(scores: np.ndarray, max_len: int, penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
-    """Log forward and backward sums of the segmentation model over frame scores (T,).
+    """Log forward and backward sums of the segmentation model over one recording's frame scores (T,).
 
     Returns:
         alpha (T + 1,): log total weight of the segmentations of frames [0, t);
         beta (T + 1,): log total weight of the segmentations of frames [t, T);
         log Z = alpha[T] = beta[0].
     """
-    t = len(scores)
-    seg = _segment_scores(np.asarray(scores, dtype=float), max_len, penalty)
-    alpha = np.full(t + 1, -np.inf)
-    beta = np.full(t + 1, -np.inf)
-    alpha[0], beta[t] = 0.0, 0.0
-    for e in range(1, t + 1):  # a segmentation of [0, e) ends with a background frame or a segment
-        ls = np.arange(1, min(max_len, e) + 1)
-        alpha[e] = _logsumexp(np.concatenate([[alpha[e - 1]], alpha[e - ls] + seg[e - ls, ls - 1]]))
-    for s in range(t - 1, -1, -1):  # ... and one of [s, T) starts with either
-        ls = np.arange(1, min(max_len, t - s) + 1)
-        beta[s] = _logsumexp(np.concatenate([[beta[s + 1]], seg[s, ls - 1] + beta[s + ls]]))
-    return alpha, beta, float(alpha[t])
+    s = np.asarray(scores, dtype=float)[None]
+    n = np.array([s.shape[1]])
+    max_len = max(1, min(max_len, s.shape[1]))
+    alpha = _forward(_segment_scores(s, n, max_len, penalty))[0]
+    beta = _forward(_segment_scores(_reverse(s, n), n, max_len, penalty))[0][::-1]
+    return alpha, beta, float(alpha[-1])
 
 
 def span_posterior(scores: np.ndarray, spans: np.ndarray, max_len: int, penalty: float = 0.0) -> np.ndarray:
     """Posterior probability that each span ``[a, b)`` (frame indices, (N, 2)) is one segment;
     0 for spans longer than ``max_len`` or outside the recording."""
-    scores = np.asarray(scores, dtype=float)
-    alpha, beta, log_z = forward_backward(scores, max_len, penalty)
-    cum = np.concatenate([[0.0], np.cumsum(scores)])
-    out = np.zeros(len(spans))
-    for i, (a, b) in enumerate(np.asarray(spans, dtype=int).reshape(-1, 2)):
-        if 0 <= a < b <= len(scores) and b - a <= max_len:
-            out[i] = np.exp(alpha[a] + cum[b] - cum[a] + penalty + beta[b] - log_z)
-    return out
+    return batch_posteriors([np.asarray(scores, dtype=float)], [np.asarray(spans)], max_len, penalty)[0]
 
 
 def threshold_segments(curve: np.ndarray, k: float = 0.5, min_len: int = 1) -> np.ndarray:
@@ -123,40 +167,66 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _to_frames(rows: list[list[float]], t: int, duration: float) -> np.ndarray:
-    """DETR windows in seconds -> ``[a, b)`` frame spans (at least one frame), (N, 2)."""
-    xx = np.asarray(rows, dtype=float).reshape(-1, 3)[:, :2] * t / duration
+def to_frames(windows: np.ndarray, t: int, duration: float) -> np.ndarray:
+    """Windows in seconds (N, >=2) -> ``[a, b)`` frame spans of a T-frame recording (at least one
+    frame each), (N, 2)."""
+    xx = np.asarray(windows, dtype=float).reshape(len(windows), -1)[:, :2] * t / duration
     a = np.clip(np.floor(xx[:, 0]), 0, t - 1)
     b = np.clip(np.maximum(np.ceil(xx[:, 1]), a + 1), 1, t)
     return np.stack([a, b], 1).astype(int)
 
 
-def decode_sample(
-    detr_rows: list[list[float]], saliency: np.ndarray, duration: float, cfg: DecodeConfig, top: int = 10
-) -> list[list[float]]:
-    """One sample's ranked ``[st, ed, score]`` rows under ``cfg``. detr_rows: the official rows
-    (seconds, best first); saliency: (T,) the valid frames' scores.
+def _candidates(
+    detr_rows: Rows, curve: np.ndarray, duration: float, cfg: DecodeConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One query's candidate windows (N, 2) in seconds, their frame spans (N, 2), and the scores the
+    decoder starts from (N,): the saliency segments' sigmoid of mean score, else DETR's."""
+    t, step = len(curve), duration / len(curve)
+    detr = np.asarray(detr_rows, dtype=float).reshape(-1, 3)
+    if cfg.name == "hybrid":
+        return detr[:, :2], to_frames(detr, t, duration), detr[:, 2]
+    segs = threshold_segments(curve, cfg.threshold_k, cfg.min_len)
+    cum = np.concatenate([[0.0], np.cumsum(curve)])
+    seg_scores = _sigmoid((cum[segs[:, 1]] - cum[segs[:, 0]]) / np.maximum(segs[:, 1] - segs[:, 0], 1))
+    if cfg.name == "saliency":
+        return segs * step, segs, seg_scores
+    spans = to_frames(detr, t, duration)  # segmental: DETR's windows, then the segments none covers exactly
+    new = [k for k, seg in enumerate(segs.tolist()) if seg not in spans.tolist()]
+    windows = np.concatenate([detr[:, :2], segs[new] * step])
+    return windows, np.concatenate([spans, segs[new]]), np.concatenate([detr[:, 2], seg_scores[new]])
+
+
+def decode_batch(
+    detr_rows: Sequence[Rows],
+    curves: Sequence[np.ndarray],
+    durations: Sequence[float],
+    cfg: DecodeConfig,
+    top: int = 10,
+) -> list[Rows]:
+    """Each query's ranked ``[st, ed, score]`` rows under ``cfg``. detr_rows: the official rows
+    (seconds, best first); curves: the saliency of each query's valid frames (T_b,).
 
     ``saliency``: the threshold segments, scored by the sigmoid of their mean score; ``segmental``:
     DETR's windows and the threshold segments, scored by their segmentation posterior; ``hybrid``:
     DETR's windows, scored ``w * DETR score + (1 - w) * posterior``. DETR's windows keep their
-    seconds; a segment's are its frames x duration / T."""
-    if cfg.name == "detr" or len(saliency) == 0:
-        return detr_rows
-    t, step = len(saliency), duration / len(saliency)
-    segs = threshold_segments(saliency, cfg.threshold_k, cfg.min_len)
-    detr = np.asarray(detr_rows, dtype=float).reshape(-1, 3)
-    if cfg.name == "saliency":
-        windows, spans = segs * step, segs
-        scores = np.array([_sigmoid(saliency[a:b].mean()) for a, b in segs])
-    else:
-        windows, spans = detr[:, :2], _to_frames(detr_rows, t, duration)
-        if cfg.name == "segmental":  # DETR's windows, then the segments no DETR window covers exactly
-            new = [k for k, seg in enumerate(segs.tolist()) if seg not in spans.tolist()]
-            windows = np.concatenate([windows, segs[new] * step])
-            spans = np.concatenate([spans, segs[new]])
-        scores = span_posterior(saliency, spans, cfg.max_len, cfg.penalty)
-        if cfg.name == "hybrid":
-            scores = cfg.detr_weight * detr[:, 2] + (1 - cfg.detr_weight) * scores
-    order = np.argsort(-scores, kind="stable")[:top]
-    return [[float(windows[i, 0]), float(windows[i, 1]), round(float(scores[i]), 4)] for i in order]
+    seconds; a segment's are its frames x duration / T. A query without frames keeps DETR's rows."""
+    if cfg.name == "detr":
+        return [list(r) for r in detr_rows]
+    out: list[Rows] = [list(r) for r in detr_rows]
+    todo = [i for i, c in enumerate(curves) if len(c)]
+    cands = [_candidates(detr_rows[i], np.asarray(curves[i], dtype=float), durations[i], cfg) for i in todo]
+    scores = [c[2] for c in cands]
+    if cfg.name != "saliency":
+        post = batch_posteriors([curves[i] for i in todo], [c[1] for c in cands], cfg.max_len, cfg.penalty)
+        w = cfg.detr_weight if cfg.name == "hybrid" else 0.0
+        scores = [w * s + (1 - w) * p for s, p in zip(scores, post, strict=True)]
+    for i, (windows, _, _), sc in zip(todo, cands, scores, strict=True):
+        order = np.argsort(-sc, kind="stable")[:top]
+        ranked = np.concatenate([windows[order], np.round(sc[order], 4)[:, None]], 1)
+        out[i] = ranked.tolist()
+    return out
+
+
+def decode_sample(detr_rows: Rows, saliency: np.ndarray, duration: float, cfg: DecodeConfig, top: int = 10) -> Rows:
+    """One query's rows under ``cfg`` (:func:`decode_batch` of one)."""
+    return decode_batch([detr_rows], [np.asarray(saliency)], [duration], cfg, top)[0]

@@ -1,0 +1,214 @@
+"""A finished run's checkpoint, decoded again: other decoders, settings chosen on validation, score
+calibrators. The network runs once per split; every decoding after that reads its outputs.
+
+The result is a folder that reads as a run (``amr report``, ``amr compare``, ``amr ensemble``):
+``run.json`` (the source run's, with the decoding among its overrides), ``.hydra/config.yaml``
+(the source's, with the ``decode`` node replaced), predictions and metrics of validation and test,
+and ``rescore.json`` (what was chosen, from which validation figures).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from amr.calibrate import TARGET_IOU, Calibrator, beside, features, fit, hits
+from amr.checkpoints import load_model
+from amr.data.dataset import MomentDataset, SplitData, collate
+from amr.data.features import FEAT_DIM, Layout
+from amr.errors import InputError
+from amr.inference import Candidates, network_outputs
+from amr.io import atomic_open, write_json
+from amr.metrics.predictions import derived_overrides, evaluate_lines, write_derived_run
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, SHORT_NAMES, length_buckets
+from amr.model.decode import DECODERS, DecodeConfig
+
+DATA_KEYS = ("name", "feat_dir", "max_a_l", "max_windows", "clip_len", "dtype", "overlong")
+
+
+@dataclass
+class Source:
+    """The run a rescoring starts from (followed back through earlier rescorings)."""
+
+    run: Path
+    info: dict[str, Any]  # its run.json
+    config: dict[str, Any]  # its .hydra/config.yaml, unresolved
+    ckpt: Path
+    decode: DecodeConfig  # the decoding its predictions were made with
+
+    @classmethod
+    def of(cls, run: Path) -> Source:
+        info_path, config_path = run / "run.json", run / ".hydra" / "config.yaml"
+        for path in (info_path, config_path):
+            if not path.is_file():
+                raise InputError(f"not a finished run: no {path.relative_to(run)}", run)
+        from omegaconf import OmegaConf
+
+        info = json.loads(info_path.read_text())
+        loaded = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+        config = loaded if isinstance(loaded, dict) else {}
+        ckpt = Path(info.get("checkpoint") or run / "checkpoints" / "best.ckpt")
+        if not ckpt.is_file():
+            raise InputError(f"the run's checkpoint {ckpt} is missing", run)
+        if not (info.get("annotations") or {}).get("val") or not info["annotations"].get("test"):
+            raise InputError("run.json names no val/test annotations (a run from an older amr?)", info_path)
+        try:
+            decode = DecodeConfig(**(config.get("decode") or {}))
+            decode.check()
+        except (TypeError, ValueError) as e:
+            raise InputError(f"the run's decode config is not usable ({e})", config_path) from None
+        return cls(run, info, {str(k): v for k, v in config.items()}, ckpt, decode)
+
+    def split(self, role: str, cache_dir: Path) -> MomentDataset:
+        """The run's val or test split, read from where its run.json says its annotations are."""
+        ann = Path(self.info["annotations"][role])
+        data_cfg = self.config.get("data") or {}
+        cfg: dict[str, Any] = {k: data_cfg.get(k) for k in DATA_KEYS}
+        if any(v is None or (isinstance(v, str) and "${" in v) for v in cfg.values()):
+            raise InputError(f"the run's data config lacks plain values for {list(DATA_KEYS)}", self.run)
+        layout = Layout(ann.parent.parent, cfg["name"], cfg["feat_dir"])
+        split = ann.name.removeprefix(f"{cfg['name']}_").removesuffix("_release.jsonl")
+        data = SplitData.load(layout, split, cache_dir, dtype=cfg["dtype"], overlong=cfg["overlong"], annotations=ann)
+        return MomentDataset(
+            data, train=False, max_a_l=cfg["max_a_l"], max_windows=cfg["max_windows"], clip_len=cfg["clip_len"]
+        )
+
+
+@torch.inference_mode()
+def collect(model: torch.nn.Module, dataset: MomentDataset, batch_size: int = 100) -> Candidates:
+    """The network's candidates for every query of a split (one pass)."""
+    out = Candidates()
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        out.extend(network_outputs(model, batch)[1])
+    return out
+
+
+def grid(base: DecodeConfig, choices: Mapping[str, Sequence[Any]]) -> list[DecodeConfig]:
+    """Every combination of ``choices`` (key -> values) on top of ``base``, each checked."""
+    configs = []
+    for values in itertools.product(*choices.values()):
+        cfg = replace(base, **dict(zip(choices, values, strict=True)))
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise InputError(str(e), "--choose") from None
+        configs.append(cfg)
+    return configs
+
+
+def metric_key(metric: str) -> str:
+    """``R1@0.7`` -> the brief key ``MR-full-R1@0.7``."""
+    names = {v: k for k, v in SHORT_NAMES.items()}
+    if metric not in names:
+        raise InputError(f"unknown metric {metric!r} (one of {', '.join(names)})", "--metric")
+    return names[metric]
+
+
+def choose(
+    val: Candidates, gt: Path, configs: Sequence[DecodeConfig], metric: str
+) -> tuple[DecodeConfig, list[dict[str, Any]]]:
+    """The configuration with the best validation ``metric`` (the first of equals) and every
+    configuration's figure."""
+    key = metric_key(metric)
+    table = [{"decode": asdict(c), metric: evaluate_lines(val.lines(c), gt)["brief"][key]} for c in configs]
+    best = int(np.argmax([row[metric] for row in table]))
+    return configs[best], table
+
+
+def fit_data(
+    cands: Candidates, gt: Path, decode: DecodeConfig, target_iou: float = TARGET_IOU
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and hits (IoU >= ``target_iou`` with a GT window) of every decoded candidate of a split."""
+    from amr.data.annotations import load_annotations
+
+    windows = {q.qid: q.windows or [] for q in load_annotations(gt)}
+    xs, ys = [], []
+    for line, detr, curve, duration in zip(
+        cands.lines(decode), cands.detr_rows, cands.curves, cands.durations, strict=True
+    ):
+        rows = line["pred_relevant_windows"]
+        xs.append(features(rows, detr, curve, duration))
+        ys.append(hits(rows, windows[str(line["qid"])], target_iou))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def decode_overrides(cfg: DecodeConfig, chosen: Sequence[str] = ()) -> list[str]:
+    """``decode=NAME`` and the settings the decoder reads that differ from their defaults; a chosen
+    setting reads ``chosen`` (its value differs between runs; the config holds it), so the runs of
+    one recipe group as one system."""
+    default = DecodeConfig()
+    keys = [k for k in DECODERS[cfg.name] if k in chosen or getattr(cfg, k) != getattr(default, k)]
+    values = {k: "chosen" if k in chosen else getattr(cfg, k) for k in keys}
+    return [f"decode={cfg.name}", *(f"decode.{k}={v}" for k, v in values.items())]
+
+
+def write_result(
+    out: Path,
+    src: Source,
+    splits: Mapping[str, Candidates],
+    decode: DecodeConfig,
+    calibrator: Calibrator | None,
+    doc: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Decode every split once with the chosen settings and write ``out`` as a run; the metrics."""
+    from omegaconf import OmegaConf
+
+    buckets = length_buckets(DEFAULT_BUCKET_EDGES)
+    lines = {role: c.lines(decode, calibrator) for role, c in splits.items()}
+    results = {role: evaluate_lines(ln, src.info["annotations"][role], buckets) for role, ln in lines.items()}
+    extra = decode_overrides(decode, doc.get("chosen", ())) + (
+        [f"calibrator={calibrator.method}"] if calibrator else []
+    )
+    info = dict(src.info, overrides=derived_overrides([src.info], extra), derived_from=[str(src.run.resolve())])
+    info["checkpoint"] = str(src.ckpt.resolve())
+    write_derived_run(out, info, lines, results)
+    with atomic_open(out / ".hydra" / "config.yaml") as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(dict(src.config, decode=asdict(decode)))))
+    write_json(out / "rescore.json", dict(doc, decode=asdict(decode)))
+    return results
+
+
+def rescore(
+    run: Path,
+    out: Path,
+    decode: DecodeConfig | None = None,
+    choices: Mapping[str, Sequence[Any]] | None = None,
+    metric: str = "R1@0.7",
+    calibrate: str | None = None,
+    replace_calibrator: bool = False,
+    target_iou: float = TARGET_IOU,
+    cache_dir: Path = Path("outputs/.cache/packs"),
+) -> dict[str, dict[str, Any]]:
+    """Decode ``run``'s checkpoint with ``decode`` (default: the run's), the ``choices`` picked by
+    validation ``metric``, then (``calibrate``: a method) a calibrator fit on validation and saved
+    beside the checkpoint; test is decoded once, with what was chosen. Writes ``out``; the metrics."""
+    src = Source.of(run)
+    configs = grid(decode or src.decode, choices or {})
+    metric_key(metric)
+    cal_path = beside(src.ckpt)
+    if calibrate and cal_path.exists() and not replace_calibrator:
+        raise InputError("the checkpoint has a calibrator already (pass --replace to fit a new one)", cal_path)
+    model = load_model(src.ckpt, FEAT_DIM)
+    splits = {role: collect(model, src.split(role, cache_dir)) for role in ("val", "test")}
+    gt_val = Path(src.info["annotations"]["val"])
+    chosen, table = choose(splits["val"], gt_val, configs, metric) if len(configs) > 1 else (configs[0], [])
+    doc: dict[str, Any] = {"source": str(run), "metric": metric, "chosen": sorted(choices or {}), "validation": table}
+    cal = None
+    if calibrate:
+        x, y = fit_data(splits["val"], gt_val, chosen, target_iou)
+        try:
+            cal = fit(x, y, calibrate, chosen, target_iou)
+        except ValueError as e:
+            raise InputError(str(e), gt_val) from None
+        cal.fit_on["source"] = str(run)
+        cal.save(cal_path)
+        doc["calibrator"] = str(cal_path)
+    return write_result(out, src, splits, chosen, cal, doc)
