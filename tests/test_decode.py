@@ -103,3 +103,12 @@ def test_every_decoder_and_class_loss_compose_in_a_fast_sweep(tmp_path) -> None:
     assert len(metrics) == 4 and all("MR-full-mAP" in m["brief"] for m in metrics)
     lines = [ln for p in sorted(sweep.glob("*/predictions/test_preds.jsonl")) for ln in p.read_text().splitlines()]
     assert all(1 <= len(json.loads(ln)["pred_relevant_windows"]) <= 10 for ln in lines)
+
+
+def test_a_curve_without_segments_keeps_detr_rows() -> None:
+    from amr.model.decode import DecodeConfig, decode_batch
+
+    detr = [[0.0, 4.0, 0.7], [5.0, 9.0, 0.2]]
+    halves = np.r_[np.zeros(5), np.ones(5)]  # mean + 1.5 std = 1.25: no frame above
+    got = decode_batch([detr, detr], [halves, np.zeros(0)], [10.0, 10.0], DecodeConfig("saliency", threshold_k=1.5))
+    assert got == [detr, detr]

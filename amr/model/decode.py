@@ -209,12 +209,17 @@ def decode_batch(
     ``saliency``: the threshold segments, scored by the sigmoid of their mean score; ``segmental``:
     DETR's windows and the threshold segments, scored by their segmentation posterior; ``hybrid``:
     DETR's windows, scored ``w * DETR score + (1 - w) * posterior``. DETR's windows keep their
-    seconds; a segment's are its frames x duration / T. A query without frames keeps DETR's rows."""
+    seconds; a segment's are its frames x duration / T. A query without frames, or (``saliency``)
+    without a segment, keeps DETR's rows."""
     if cfg.name == "detr":
         return [list(r) for r in detr_rows]
     out: list[Rows] = [list(r) for r in detr_rows]
-    todo = [i for i, c in enumerate(curves) if len(c)]
-    cands = [_candidates(detr_rows[i], np.asarray(curves[i], dtype=float), durations[i], cfg) for i in todo]
+    todo, cands = [], []
+    for i, curve in enumerate(curves):
+        cand = _candidates(detr_rows[i], np.asarray(curve, dtype=float), durations[i], cfg) if len(curve) else None
+        if cand is not None and len(cand[0]):  # no segment above the threshold: DETR's rows stay
+            todo.append(i)
+            cands.append(cand)
     scores = [c[2] for c in cands]
     if cfg.name != "saliency":
         post = batch_posteriors([curves[i] for i in todo], [c[1] for c in cands], cfg.max_len, cfg.penalty)
