@@ -80,8 +80,10 @@ def test_decoders_on_one_sample() -> None:
     seg = decode_sample(detr, curve, 120.0, DecodeConfig("segmental", penalty=-4.0))
     assert {tuple(seg[0][:2]), tuple(seg[1][:2])} == {(20.0, 23.0), (70.0, 90.0)}  # the events rank first
     assert len({tuple(r[:2]) for r in seg}) == len(seg) == 4  # 3 DETR windows + the one new segment
-    assert seg[0][2] > 0.5 and seg[-1][2] < 0.01
-    hyb = decode_sample(detr, curve, 120.0, DecodeConfig("hybrid", penalty=-4.0, detr_weight=0.5))
+    assert min(seg[0][2], seg[1][2]) > 0.1 and seg[-1][2] < 0.01
+    # the posterior does not see the saliency's offset or scale (ranking losses fix neither)
+    assert decode_sample(detr, 3.0 * curve - 7.0, 120.0, DecodeConfig("segmental")) == seg
+    hyb = decode_sample(detr, curve, 120.0, DecodeConfig("hybrid", penalty=-4.0, detr_weight=0.2))
     assert [r[:2] for r in hyb][0] == [20.0, 23.0] and len(hyb) == 3  # DETR's windows, re-scored
     only = decode_sample(detr, curve, 120.0, DecodeConfig("hybrid", detr_weight=1.0))
     assert only == [[r[0], r[1], r[2]] for r in detr]

@@ -156,3 +156,16 @@ def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (out / "x").exists()
+
+
+def test_isotonic_calibration_keeps_each_ranking() -> None:
+    rng = np.random.default_rng(1)
+    xs, ys = _candidates()
+    iso = fit(xs, ys, "isotonic", DecodeConfig())
+    for _ in range(20):
+        rows = sorted(
+            ([float(a), float(a + 3), float(s)] for a, s in zip(rng.integers(0, 50, 10), rng.normal(size=10))),
+            key=lambda r: -r[2],
+        )
+        curve = rng.normal(size=60)
+        assert [r[:2] for r in iso.rescore(rows, rows, curve, 60.0)] == [r[:2] for r in rows]

@@ -133,7 +133,7 @@ DECODERS: dict[str, tuple[str, ...]] = {
     "detr": (),
     "saliency": ("threshold_k", "min_len"),
     "segmental": ("threshold_k", "min_len", "max_len", "penalty"),
-    "hybrid": ("max_len", "penalty", "detr_weight"),
+    "hybrid": ("threshold_k", "max_len", "penalty", "detr_weight"),
 }
 
 
@@ -142,7 +142,7 @@ class DecodeConfig:
     """How moments are formed from the network's outputs; ``detr`` is the official decoding."""
 
     name: str = "detr"  # detr | saliency | segmental | hybrid
-    threshold_k: float = 0.5  # saliency: segments above mean + k * std of the curve
+    threshold_k: float = 0.0  # segments above mean + k * std of the curve; segmental: frame scores z - k
     min_len: int = 1  # saliency: shortest segment, frames
     max_len: int = 60  # segmental: longest segment, frames
     penalty: float = -4.0  # segmental: log prior per segment
@@ -161,6 +161,16 @@ class DecodeConfig:
         for key in ("threshold_k", "min_len", "max_len", "penalty", "detr_weight"):
             if getattr(self, key) != getattr(default, key) and key not in DECODERS[self.name]:
                 raise ValueError(f"decode.{key} is not read by decode={self.name}")
+
+
+def frame_potentials(curve: np.ndarray, k: float) -> np.ndarray:
+    """The segmentation model's frame scores: the saliency standardised over the recording, minus
+    ``k`` (so a frame above the adaptive threshold mean + k * std favours a segment). QD-DETR's
+    saliency is trained with ranking losses, which fix neither its offset nor its scale; the
+    posterior must not depend on either."""
+    curve = np.asarray(curve, dtype=float)
+    std = curve.std()
+    return (curve - curve.mean()) / (std if std > 0 else 1.0) - k
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -207,7 +217,8 @@ def decode_batch(
     (seconds, best first); curves: the saliency of each query's valid frames (T_b,).
 
     ``saliency``: the threshold segments, scored by the sigmoid of their mean score; ``segmental``:
-    DETR's windows and the threshold segments, scored by their segmentation posterior; ``hybrid``:
+    DETR's windows and the threshold segments, scored by their segmentation posterior over the
+    :func:`frame_potentials`; ``hybrid``:
     DETR's windows, scored ``w * DETR score + (1 - w) * posterior``. DETR's windows keep their
     seconds; a segment's are its frames x duration / T. A query without frames, or (``saliency``)
     without a segment, keeps DETR's rows."""
@@ -222,7 +233,8 @@ def decode_batch(
             cands.append(cand)
     scores = [c[2] for c in cands]
     if cfg.name != "saliency":
-        post = batch_posteriors([curves[i] for i in todo], [c[1] for c in cands], cfg.max_len, cfg.penalty)
+        potentials = [frame_potentials(curves[i], cfg.threshold_k) for i in todo]
+        post = batch_posteriors(potentials, [c[1] for c in cands], cfg.max_len, cfg.penalty)
         w = cfg.detr_weight if cfg.name == "hybrid" else 0.0
         scores = [w * s + (1 - w) * p for s, p in zip(scores, post, strict=True)]
     for i, (windows, _, _), sc in zip(todo, cands, scores, strict=True):
