@@ -184,6 +184,21 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{i:>4}  {m.start:>8.1f}  {m.end:>8.1f}  {m.score:>6.4f}")
 
 
+def _resynth(args: argparse.Namespace) -> None:
+    from amr.resynth.run import resynth_split
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}", "--workers")
+    splits = ["train", "val", "test"] if args.split == "all" else [args.split]
+    for split in splits:
+        s = resynth_split(args.clotho, args.walking_tours, args.out, split, args.seed, args.workers, args.limit)
+        print(
+            f"{split}: {s['recordings']} recordings ({s['hours']:.1f} h), {s['events']} events "
+            f"from {s['clips']} clips; {s['dropped_clips']} clips dropped, {s['problems']} input problem(s) above"
+        )
+    print(f"written under {args.out} (data/clotho_moment_<split>_release.jsonl, audio/<split>/)")
+
+
 def _clap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clap-weights", type=Path, help="local MS-CLAP 2023 .pth (default: msclap's hub download)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
@@ -214,6 +229,18 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--num-beams", type=int, default=1)
     b.add_argument("--max-new-tokens", type=int, default=64)
     b.set_defaults(fn=_backtranslate)
+
+    rs = sub.add_parser("resynth", help="re-synthesise Clotho-Moment from Clotho v2.1 and Walking Tours audio")
+    rs_sub = rs.add_subparsers(dest="recipe", required=True)
+    ro = rs_sub.add_parser("official", help="the public generator's recipe, streamed (no background clips written)")
+    ro.add_argument("--clotho", required=True, type=Path, help="Clotho v2.1: clotho_captions_*.csv, development/, ...")
+    ro.add_argument("--walking-tours", required=True, type=Path, help="folder of the long recordings (.wav/.flac)")
+    ro.add_argument("--out", required=True, type=Path, help="dataset root (data/, audio/); a killed run resumes")
+    ro.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
+    ro.add_argument("--seed", type=int, default=0)
+    ro.add_argument("--workers", type=int, default=1, help="processes (the result does not depend on it)")
+    ro.add_argument("--limit", type=int, help="only the first N recordings of each split (a trial)")
+    ro.set_defaults(fn=_resynth)
 
     xa = sub.add_parser("extract-audio", help="MS-CLAP 2023 audio features (1 frame/s) of a folder of audio files")
     xa.add_argument("--audio-dir", required=True, type=Path)

@@ -84,9 +84,7 @@ def _ensemble(args: argparse.Namespace) -> None:
     for split, metrics in results.items():
         brief = {k.removeprefix("MR-full-"): v for k, v in metrics["brief"].items() if k.startswith("MR-full-")}
         print(f"{split}: " + "  ".join(f"{k} {v:.2f}" for k, v in brief.items()))
-    print(
-        f"written to {args.out}: a run folder (run.json, predictions/, test_metrics.json) and ensemble.json"
-    )
+    print(f"written to {args.out}: a run folder (run.json, predictions/, test_metrics.json) and ensemble.json")
 
 
 def _compare(args: argparse.Namespace) -> None:

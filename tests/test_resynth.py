@@ -1,0 +1,190 @@
+"""Re-synthesis of Clotho-Moment from generated raw audio: the trimming rule, event placement, levels,
+labels, determinism across worker counts, resume after a kill, one-line input problems."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy import stats
+
+from amr.errors import InputError
+from amr.resynth.recipe import Event, RecipeConfig, Recording, label_lines, mix, place_events, trim_bounds
+
+SR_CLIP = 8000  # generated "Clotho" clips
+SR_BG = 11025  # generated "Walking Tours" recordings (resampled to 32 kHz like any other)
+
+
+def test_trim_keeps_the_whole_seconds_between_the_first_and_last_loud_one() -> None:
+    sr = 100
+    levels = [0.01, 0.02, 1.0, 0.05, 1.0, 0.01]  # amplitude per second; loud: seconds 2 and 4
+    x = np.concatenate([np.full(sr, a) for a in levels] + [np.full(50, 1.0)])  # + a partial second
+    assert trim_bounds(x, sr, clip_db=5.0) == (2, 5)
+    quiet_mid = np.concatenate([np.full(sr, a) for a in [1.0, 0.0, 1.0]])
+    assert trim_bounds(quiet_mid, sr) == (0, 3)  # a quiet second inside a clip stays
+    assert trim_bounds(np.ones(3 * sr), sr) == (0, 3)  # nothing above the mean: the whole seconds
+    assert trim_bounds(np.ones(sr - 1), sr) == (0, 0)  # under a second: nothing
+
+
+def test_events_are_sorted_inside_the_window_with_exponential_gaps() -> None:
+    cfg = RecipeConfig(window_s=60.0)
+    durations = {f"c{i}": float(1 + i % 7) for i in range(50)}
+    captions = {k: [f"{k} a", f"{k} b"] for k in durations}
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        events = place_events(rng, durations, captions, cfg)
+        assert [e.start for e in events] == sorted(e.start for e in events)
+        assert all(e.start > 0 and e.start + e.duration <= 60.0 for e in events)
+        assert all(e.caption in captions[e.clip] and -5 <= e.fg_db <= 5 for e in events)
+        assert len({e.clip for e in events}) == len(events)  # a clip at most once per window
+    # on a window long enough never to stop the draw, the gaps are Exp(mean 30 s)
+    long = RecipeConfig(window_s=1e9)
+    durations_1s = {f"c{i}": 1.0 for i in range(4000)}
+    events = place_events(np.random.default_rng(1), durations_1s, {k: ["x"] for k in durations_1s}, long)
+    gaps = np.diff([0.0] + [e.start for e in events]) - np.r_[0.0, np.ones(len(events) - 1)]
+    assert len(events) == 4000 and abs(gaps.mean() - 30.0) < 1.5
+    assert stats.kstest(gaps, "expon", args=(0, 30.0)).pvalue > 0.01
+
+
+def test_levels_in_the_mixture_follow_the_db_values(tmp_path) -> None:
+    sr = 32_000
+    rng = np.random.default_rng(0)
+    bg = rng.normal(0, 0.3, 60 * sr)
+    tone = np.sin(2 * np.pi * 440 * np.arange(3 * sr) / sr) * np.hanning(3 * sr) * 0.2
+    ev = Event("c", "a tone", fg_db=3.7, start=20.25, duration=3.0)
+    out = mix(bg, [(tone, ev)], bg_db=-21.3, sr=sr)
+    assert np.isclose(np.abs(out).max(), 1.0)
+    sf.write(tmp_path / "m.wav", out, sr, subtype="PCM_16")
+    m, _ = sf.read(tmp_path / "m.wav")
+    bg_att = bg * 10 ** (-21.3 / 20)
+    quiet = np.r_[0 : 20 * sr, 24 * sr : 60 * sr]
+    scale = m[quiet] @ bg_att[quiet] / (bg_att[quiet] @ bg_att[quiet])  # the peak normalisation
+    bg_rms = np.sqrt(np.mean((scale * bg_att) ** 2))
+    fg = m / scale - bg_att
+    a = int(20.25 * sr)
+    fg_peak = np.abs(fg[a : a + 3 * sr]).max() * scale
+    assert abs(20 * np.log10(bg_rms / (np.sqrt(np.mean(bg**2)) * scale)) - (-21.3)) < 0.1
+    assert abs(20 * np.log10(fg_peak / bg_rms) - (3.7 - -21.3)) < 0.1
+
+
+def test_labels_round_as_the_public_generator() -> None:
+    rec = Recording(
+        "walk_12.0_72.0",
+        "walk",
+        12.0,
+        -20.0,
+        (Event("a", "x", 0.0, 3.25, 2.0), Event("b", "y", 0.0, 40.96, 7.0)),
+    )
+    lines = label_lines(rec, 41, RecipeConfig())
+    assert [ln["qid"] for ln in lines] == ["00041", "00042"]
+    assert [ln["relevant_windows"] for ln in lines] == [[[3.2, 5.2]], [[41.0, 48.0]]]
+    assert lines[0]["vid"] == "walk_12.0_72.0" and lines[0]["duration"] == 60.0
+
+
+def _clip(rng: np.random.Generator, seconds: int) -> np.ndarray:
+    lead, tail = int(rng.integers(0, 3)), int(rng.integers(0, 3))
+    t = np.arange(seconds * SR_CLIP) / SR_CLIP
+    body = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
+    quiet = rng.normal(0, 1e-3, (lead + tail) * SR_CLIP)
+    return np.r_[quiet[: lead * SR_CLIP], body, quiet[lead * SR_CLIP :], np.zeros(SR_CLIP // 3)]
+
+
+@pytest.fixture
+def raw(tmp_path) -> tuple[Path, Path]:
+    """Generated Clotho (clips with quiet lead/tail, one silent, one missing, one unreadable) and
+    two long "Walking Tours" noise recordings."""
+    rng = np.random.default_rng(0)
+    clotho = tmp_path / "clotho"
+    for split, n in (("development", 24), ("validation", 6), ("evaluation", 12)):
+        (clotho / split).mkdir(parents=True)
+        rows = []
+        for i in range(n):
+            name = f"{split[:3]}_{i:02d}.wav"
+            rows.append([name, *(f"sound {i} number {k}" for k in range(1, 6))])
+            sf.write(clotho / split / name, _clip(rng, int(rng.integers(1, 6))), SR_CLIP)
+        sf.write(clotho / split / rows[0][0], np.zeros(3 * SR_CLIP), SR_CLIP)  # silent
+        (clotho / split / rows[1][0]).write_text("not audio")  # unreadable
+        rows.append(["gone.wav", *(f"gone {k}" for k in range(1, 6))])  # missing
+        with (clotho / f"clotho_captions_{split}.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([["file_name", *(f"caption_{k}" for k in range(1, 6))], *rows])
+    tours = tmp_path / "tours"
+    tours.mkdir()
+    for name, seconds in (("a_walk", 70), ("b_walk", 66)):
+        sf.write(tours / f"{name}.wav", rng.normal(0, 0.1, seconds * SR_BG), SR_BG)
+    return clotho, tours
+
+
+def _resynth(clotho: Path, tours: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "amr.cli", "resynth", "official", "--clotho", str(clotho)]
+    cmd += ["--walking-tours", str(tours), "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resynthesis_is_deterministic_resumable_and_reports_bad_clips(raw, tmp_path) -> None:
+    from amr.resynth.run import resynth_split
+
+    clotho, tours = raw
+    lines: list[str] = []
+    one = resynth_split(clotho, tours, tmp_path / "one", "train", seed=3, workers=1, problem=lines.append)
+    assert one["recordings"] == 11 and one["dropped_clips"] == 3 and one["problems"] == 3  # 70 s: 11 windows
+    assert sorted(ln.split(": ")[1].split(" ")[0] for ln in lines) == ["missing", "silent", "unreadable"]
+    assert all(ln.startswith(str(clotho)) for ln in lines)
+    two = _resynth(clotho, tours, tmp_path / "two", "--split", "train", "--seed", "3", "--workers", "2")
+    assert two.returncode == 0, two.stderr
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "two")  # whatever the number of workers
+
+    ann = [json.loads(x) for x in (tmp_path / "one/data/clotho_moment_train_release.jsonl").read_text().splitlines()]
+    assert [a["qid"] for a in ann] == [f"{i:05d}" for i in range(len(ann))] and len(ann) == one["events"]
+    for a in ann:
+        ((st, ed),) = a["relevant_windows"]
+        assert 0 < st < ed <= 60 and a["vid"].startswith("a_walk_") and a["duration"] == 60
+        audio, sr = sf.read(tmp_path / "one" / "audio" / "train" / f"{a['vid']}.wav")
+        assert sr == 32_000 and len(audio) == 60 * sr and np.isclose(np.abs(audio).max(), 1.0, atol=1e-4)
+
+    # killed mid-way, then run again: the same files as an uninterrupted run
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "amr.cli", "resynth", "official", "--clotho", str(clotho)]
+    cmd += ["--walking-tours", str(tours), "--out", str(tmp_path / "killed"), "--split", "train", "--seed", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    markers = tmp_path / "killed" / ".resynth" / "train"
+    deadline = time.time() + 120
+    while len(list(markers.glob("*_walk_*.json"))) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "data").exists()  # stopped before the end
+    assert _resynth(clotho, tours, tmp_path / "killed", "--split", "train", "--seed", "3").returncode == 0
+    assert _tree(tmp_path / "killed") == _tree(tmp_path / "one")
+
+    # another seed into the same folder: refused, one line, nothing touched
+    other = _resynth(clotho, tours, tmp_path / "one", "--split", "train", "--seed", "4")
+    assert other.returncode == 2 and "started with other settings (seed)" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_bad_inputs_are_one_line_before_any_work(raw, tmp_path) -> None:
+    from amr.resynth.sources import read_captions
+
+    clotho, tours = raw
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file_name,caption_1\nx.wav,a dog\n")
+    with pytest.raises(InputError, match=r"bad.csv: captions CSV lacks the column\(s\) caption_2"):
+        read_captions(bad)
+    proc = _resynth(clotho, tmp_path / "nowhere", tmp_path / "o")
+    assert proc.returncode == 2 and "Walking Tours folder not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    proc = _resynth(clotho, tours, tmp_path / "o", "--split", "val")  # 2 recordings: none in val
+    assert proc.returncode == 2 and "no recordings fall in the val split" in proc.stderr
