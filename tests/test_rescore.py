@@ -164,7 +164,10 @@ def test_isotonic_calibration_keeps_each_ranking() -> None:
     iso = fit(xs, ys, "isotonic", DecodeConfig())
     for _ in range(20):
         rows = sorted(
-            ([float(a), float(a + 3), float(s)] for a, s in zip(rng.integers(0, 50, 10), rng.normal(size=10))),
+            (
+                [float(a), float(a + 3), float(s)]
+                for a, s in zip(rng.integers(0, 50, 10), rng.normal(size=10), strict=True)
+            ),
             key=lambda r: -r[2],
         )
         curve = rng.normal(size=60)

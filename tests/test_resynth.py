@@ -19,6 +19,7 @@ from scipy import stats
 
 from amr.errors import InputError
 from amr.resynth.recipe import Event, RecipeConfig, Recording, label_lines, mix, place_events, trim_bounds
+from tests.helpers import needs_msclap
 
 SR_CLIP = 8000  # generated "Clotho" clips
 SR_BG = 11025  # generated "Walking Tours" recordings (resampled to 32 kHz like any other)
@@ -98,10 +99,9 @@ def _clip(rng: np.random.Generator, seconds: int) -> np.ndarray:
     return np.r_[quiet[: lead * SR_CLIP], body, quiet[lead * SR_CLIP :], np.zeros(SR_CLIP // 3)]
 
 
-@pytest.fixture
-def raw(tmp_path) -> tuple[Path, Path]:
+def _raw(tmp_path: Path, videos: dict[str, int]) -> tuple[Path, Path]:
     """Generated Clotho (clips with quiet lead/tail, one silent, one missing, one unreadable) and
-    two long "Walking Tours" noise recordings."""
+    long "Walking Tours" noise recordings (name -> seconds)."""
     rng = np.random.default_rng(0)
     clotho = tmp_path / "clotho"
     for split, n in (("development", 24), ("validation", 6), ("evaluation", 12)):
@@ -118,9 +118,14 @@ def raw(tmp_path) -> tuple[Path, Path]:
             csv.writer(f).writerows([["file_name", *(f"caption_{k}" for k in range(1, 6))], *rows])
     tours = tmp_path / "tours"
     tours.mkdir()
-    for name, seconds in (("a_walk", 70), ("b_walk", 66)):
+    for name, seconds in videos.items():
         sf.write(tours / f"{name}.wav", rng.normal(0, 0.1, seconds * SR_BG), SR_BG)
     return clotho, tours
+
+
+@pytest.fixture
+def raw(tmp_path) -> tuple[Path, Path]:
+    return _raw(tmp_path, {"a_walk": 70, "b_walk": 66})
 
 
 def _resynth(clotho: Path, tours: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -134,11 +139,11 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_resynthesis_is_deterministic_resumable_and_reports_bad_clips(raw, tmp_path) -> None:
-    from amr.resynth.run import resynth_split
+    from amr.resynth.run import Output, resynth_split
 
     clotho, tours = raw
     lines: list[str] = []
-    one = resynth_split(clotho, tours, tmp_path / "one", "train", seed=3, workers=1, problem=lines.append)
+    one = resynth_split(clotho, tours, Output(tmp_path / "one", "train"), seed=3, problem=lines.append)
     assert one["recordings"] == 11 and one["dropped_clips"] == 3 and one["problems"] == 3  # 70 s: 11 windows
     assert sorted(ln.split(": ")[1].split(" ")[0] for ln in lines) == ["missing", "silent", "unreadable"]
     assert all(ln.startswith(str(clotho)) for ln in lines)
@@ -188,3 +193,91 @@ def test_bad_inputs_are_one_line_before_any_work(raw, tmp_path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     proc = _resynth(clotho, tours, tmp_path / "o", "--split", "val")  # 2 recordings: none in val
     assert proc.returncode == 2 and "no recordings fall in the val split" in proc.stderr
+
+
+@needs_msclap
+def test_features_straight_from_the_mixtures_train(clap, tmp_path) -> None:
+    from tests.helpers import run_amr, run_python
+
+    clotho, tours = _raw(tmp_path, {f"walk{i}": 60 for i in range(10)})  # 7 : 1 : 2 videos, one window each
+    root = tmp_path / "resynth"
+    args = ["resynth", "official", "--clotho", str(clotho), "--walking-tours", str(tours), "--out", str(root)]
+    weights = ["--clap-weights", str(clap / "clap_weights.pth")]
+    run_amr([*args, "--features", "--keep-audio", "--limit", "1", "--seed", "1", *weights], clap)
+    feats = sorted((root / "features" / "clotho-moment" / "clap").glob("*.npz"))
+    assert len(feats) == 3 and all(np.load(f)["features"].shape == (61, 768) for f in feats)
+    # the same features as the extractor makes from the written WAVs (Clotho-Moment's centred frames)
+    out = tmp_path / "extracted"
+    run_amr(
+        ["extract-audio", "--audio-dir", str(root / "audio" / "test"), "--out", str(out), "--centered", *weights], clap
+    )
+    (test_vid,) = [p.stem for p in (root / "audio" / "test").glob("*.wav")]
+    np.testing.assert_allclose(
+        np.load(out / "clap" / f"{test_vid}.npz")["features"],
+        np.load(root / "features/clotho-moment/clap" / f"{test_vid}.npz")["features"],
+        rtol=0,
+        atol=1e-5,
+    )
+    for split in ("train", "val", "test"):
+        ann = (root / "data" / f"clotho_moment_{split}_release.jsonl").read_text().splitlines()
+        qids = [json.loads(x)["qid"] for x in ann]
+        assert qids and all((root / "features/clotho-moment/clap_text" / f"qid{q}.npz").is_file() for q in qids)
+    cmd = ["-m", "amr.train", "experiment=castella_only", "data=clotho_moment", f"data.root={root}", "debug=fast"]
+    run_python([*cmd, f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], clap)
+    metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
+    assert "MR-full-R1@0.7" in metrics["brief"]
+
+
+def test_replay_of_a_public_format_recipe_is_the_documented_mixture(raw, tmp_path) -> None:
+    import io
+
+    import soxr
+
+    from amr.resynth.replay import replay
+    from amr.resynth.run import Output
+
+    clotho, tours = raw
+    clips = sorted((clotho / "evaluation").glob("eva_*.wav"))[2:5]  # readable, not silent
+
+    def trimmed(path: Path) -> np.ndarray:
+        y, sr = sf.read(path)
+        on, off = trim_bounds(y, sr)
+        return soxr.resample(y[on * sr : off * sr], sr, 32_000, quality="HQ")
+
+    fg = [
+        {"qid": 7 + i, "path": f".tmp/test/fg/{c.stem}.wav", "caption": f"cap {i}", "dB": 2.5 - 3 * i,
+         "duration": len(trimmed(c)) / 32_000, "start_time": 4.37 + 17 * i}
+        for i, c in enumerate(clips)
+    ]  # fmt: skip
+    recipe = [
+        {"name": "a_walk_3.0_63.0", "bg": {"path": ".tmp/test/bg/a_walk/3.0_63.0.wav", "dB": -18.2}, "fg": fg},
+        {"name": "zz_9.0_69.0", "bg": {"path": ".tmp/test/bg/zz/9.0_69.0.wav", "dB": -20.0}, "fg": fg[:1]},
+        {"name": "b_walk_1.0_61.0", "bg": {"path": ".tmp/test/bg/b_walk/1.0_61.0.wav", "dB": -20.0},
+         "fg": [dict(fg[0], duration=fg[0]["duration"] + 1)]},
+    ]  # fmt: skip
+    path = tmp_path / "recipe_test.json"
+    path.write_text(json.dumps(recipe))
+    lines: list[str] = []
+    got = replay(path, clotho, tours, Output(tmp_path / "replayed", "test"), problem=lines.append)
+    assert got["recordings"] == 1 and got["problems"] == 2
+    assert "zz_9.0_69.0: background .tmp/test/bg/zz/9.0_69.0.wav maps to no recording" in lines[0]
+    assert "b_walk_1.0_61.0: clip eva_02 is unusable or not" in lines[1]
+
+    # the documented formula, step by step
+    x, sr = sf.read(tours / "a_walk.wav", start=3 * SR_BG, frames=60 * SR_BG)
+    bg = soxr.resample(x, sr, 32_000, quality="HQ")
+    mixed = bg * 10 ** (-18.2 / 20)
+    for f, c in zip(fg, clips, strict=True):
+        y = trimmed(c)
+        a = int(f["start_time"] * 32_000)
+        mixed[a : a + len(y)] += y / np.abs(y).max() * 10 ** (f["dB"] / 20) * np.sqrt(np.mean(bg**2))
+    buf = io.BytesIO()
+    sf.write(buf, mixed / np.abs(mixed).max(), 32_000, format="WAV", subtype="PCM_16")
+    buf.seek(0)
+    written, _ = sf.read(tmp_path / "replayed" / "audio" / "test" / "a_walk_3.0_63.0.wav", dtype="int16")
+    np.testing.assert_array_equal(written, sf.read(buf, dtype="int16")[0])
+    ann = [
+        json.loads(x) for x in (tmp_path / "replayed/data/clotho_moment_test_release.jsonl").read_text().splitlines()
+    ]
+    assert [a["qid"] for a in ann] == ["00007", "00008", "00009"]
+    assert ann[0]["relevant_windows"] == [[4.4, float(f"{4.37 + fg[0]['duration']:.1f}")]]

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amr.cli.common import clap_options, encoder_factory
 from amr.cli.rescoring import add_decode_options, decode_option, rescore_commands
 from amr.cli.results import result_commands
+from amr.cli.resynthesis import resynth_commands
 from amr.errors import InputError, os_error_line
 from amr.io import check_output
 
 if TYPE_CHECKING:
     from amr.clap.extract import ExtractReport
-    from amr.clap.model import ClapEncoder
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -110,17 +110,6 @@ def _submit(args: argparse.Namespace) -> None:
     print(f"{len(lines)} queries ({how}): submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
 
 
-def _encoder_factory(args: argparse.Namespace) -> Callable[[], ClapEncoder]:
-    def make() -> ClapEncoder:
-        from amr.clap.model import ClapEncoder
-
-        enc = ClapEncoder(args.clap_weights, args.device)
-        print(enc.report.line(), file=sys.stderr)
-        return enc
-
-    return make
-
-
 def _finish(report: ExtractReport, what: str) -> None:
     print(report.summary(what))
     if report.failures:
@@ -135,7 +124,7 @@ def _extract_audio(args: argparse.Namespace) -> None:
 
     max_s = args.max_seconds if args.max_seconds > 0 else None
     report = extract_audio_dir(
-        args.audio_dir, args.out, _encoder_factory(args), max_s, args.centered, args.channel, args.batch_size
+        args.audio_dir, args.out, encoder_factory(args), max_s, args.centered, args.channel, args.batch_size
     )
     _finish(report, "audio feature")
 
@@ -143,7 +132,7 @@ def _extract_audio(args: argparse.Namespace) -> None:
 def _extract_text(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_text
 
-    report = extract_text(args.annotations, args.paraphrases, args.out, _encoder_factory(args), args.batch_size)
+    report = extract_text(args.annotations, args.paraphrases, args.out, encoder_factory(args), args.batch_size)
     _finish(report, "text feature")
 
 
@@ -184,26 +173,6 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"{i:>4}  {m.start:>8.1f}  {m.end:>8.1f}  {m.score:>6.4f}")
 
 
-def _resynth(args: argparse.Namespace) -> None:
-    from amr.resynth.run import resynth_split
-
-    if args.workers < 1:
-        raise InputError(f"--workers must be at least 1, got {args.workers}", "--workers")
-    splits = ["train", "val", "test"] if args.split == "all" else [args.split]
-    for split in splits:
-        s = resynth_split(args.clotho, args.walking_tours, args.out, split, args.seed, args.workers, args.limit)
-        print(
-            f"{split}: {s['recordings']} recordings ({s['hours']:.1f} h), {s['events']} events "
-            f"from {s['clips']} clips; {s['dropped_clips']} clips dropped, {s['problems']} input problem(s) above"
-        )
-    print(f"written under {args.out} (data/clotho_moment_<split>_release.jsonl, audio/<split>/)")
-
-
-def _clap_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clap-weights", type=Path, help="local MS-CLAP 2023 .pth (default: msclap's hub download)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
-
-
 def _data_commands(sub: argparse._SubParsersAction) -> None:
     """Commands for synthetic data, caption versions and CLAP features."""
     s = sub.add_parser("synth", help="write a synthetic dataset in the official layout")
@@ -230,18 +199,6 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--max-new-tokens", type=int, default=64)
     b.set_defaults(fn=_backtranslate)
 
-    rs = sub.add_parser("resynth", help="re-synthesise Clotho-Moment from Clotho v2.1 and Walking Tours audio")
-    rs_sub = rs.add_subparsers(dest="recipe", required=True)
-    ro = rs_sub.add_parser("official", help="the public generator's recipe, streamed (no background clips written)")
-    ro.add_argument("--clotho", required=True, type=Path, help="Clotho v2.1: clotho_captions_*.csv, development/, ...")
-    ro.add_argument("--walking-tours", required=True, type=Path, help="folder of the long recordings (.wav/.flac)")
-    ro.add_argument("--out", required=True, type=Path, help="dataset root (data/, audio/); a killed run resumes")
-    ro.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
-    ro.add_argument("--seed", type=int, default=0)
-    ro.add_argument("--workers", type=int, default=1, help="processes (the result does not depend on it)")
-    ro.add_argument("--limit", type=int, help="only the first N recordings of each split (a trial)")
-    ro.set_defaults(fn=_resynth)
-
     xa = sub.add_parser("extract-audio", help="MS-CLAP 2023 audio features (1 frame/s) of a folder of audio files")
     xa.add_argument("--audio-dir", required=True, type=Path)
     xa.add_argument(
@@ -251,7 +208,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     xa.add_argument("--centered", action="store_true", help="pad 0.5 s on both sides (Clotho-Moment's frames)")
     xa.add_argument("--channel", choices=["first", "mean"], default="first", help="official: the first channel")
     xa.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    _clap_options(xa)
+    clap_options(xa)
     xa.set_defaults(fn=_extract_audio)
 
     xt = sub.add_parser("extract-text", help="MS-CLAP 2023 (GPT-2) token-level text features of captions")
@@ -259,7 +216,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     xt.add_argument("--paraphrases", type=Path, help="paraphrase JSONL (amr backtranslate): caption versions too")
     xt.add_argument("--out", required=True, type=Path, help="FEATURES_DIR: writes clap_text/ and clap_text_versions/")
     xt.add_argument("--batch-size", type=int, default=64, help="captions per forward pass")
-    _clap_options(xt)
+    clap_options(xt)
     xt.set_defaults(fn=_extract_text)
 
 
@@ -284,7 +241,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--centered", action="store_true", help="features as Clotho-Moment's (0.5 s padding)")
     pr.add_argument("--max-frames", type=int, default=300, help="longer audio is windowed with half overlap")
     add_decode_options(pr)
-    _clap_options(pr)
+    clap_options(pr)
     pr.set_defaults(fn=_predict)
 
     c = sub.add_parser("convert-official", help="official baseline .pth -> amr Lightning checkpoint")
@@ -302,7 +259,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_data_commands, result_commands, rescore_commands, _model_commands):
+    for add in (_data_commands, resynth_commands, result_commands, rescore_commands, _model_commands):
         add(sub)
     return p
 

@@ -40,6 +40,7 @@ class Event:
     fg_db: float
     start: float  # seconds from the window's start
     duration: float  # the trimmed clip's length, seconds
+    qid: int | None = None  # a given recipe's query id (replay); None: counted in recording order
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def label_lines(recording: Recording, first_qid: int, cfg: RecipeConfig) -> list
     """The recording's annotation lines (one per event), qids counted from ``first_qid``."""
     return [
         {
-            "qid": f"{first_qid + i:05d}",
+            "qid": f"{first_qid + i if ev.qid is None else ev.qid:05d}",
             "query": ev.caption,
             "duration": cfg.window_s,
             "vid": recording.vid,

@@ -21,6 +21,7 @@ import numpy as np
 
 from amr.errors import InputError
 from amr.io import atomic_open, write_json, write_jsonl
+from amr.resynth.features import FeatureWriter, as_written
 from amr.resynth.recipe import (
     RecipeConfig,
     Recording,
@@ -42,6 +43,7 @@ class Job:
     video: Path
     start_sample: int  # at the video's own rate
     sr: int  # the video's rate
+    recording: Recording | None = None  # a given recipe (replay); None: drawn from the seed
 
 
 def plan(videos: Sequence[Path], split: str, cfg: RecipeConfig) -> list[Job]:
@@ -56,7 +58,10 @@ def plan(videos: Sequence[Path], split: str, cfg: RecipeConfig) -> list[Job]:
 
 
 def recording_of(job: Job, clotho: Clotho, seed: int, cfg: RecipeConfig) -> Recording:
-    """The recipe of one recording, from its own random stream (seed, split, video, window)."""
+    """The recipe of one recording: the job's own, or one drawn from its random stream (seed,
+    split, video, window)."""
+    if job.recording is not None:
+        return job.recording
     hop = int(round(cfg.hop_s * job.sr))
     rng = np.random.default_rng([seed, SPLIT_CODE[job.split], job.video_index, job.start_sample // hop])
     bg_db = float(rng.uniform(*cfg.bg_db_range))
@@ -77,28 +82,51 @@ def render(job: Job, rec: Recording, clotho: Clotho, cfg: RecipeConfig) -> np.nd
 _WORKER: dict[str, Any] = {}
 
 
-def _init(clotho: Clotho, seed: int, cfg: RecipeConfig, root: Path) -> None:
-    _WORKER.update(clotho=clotho, seed=seed, cfg=cfg, root=root)
+def _init(clotho: Clotho, seed: int, cfg: RecipeConfig, root: Path, keep_audio: bool, features: bool) -> None:
+    _WORKER.update(clotho=clotho, seed=seed, cfg=cfg, root=root, keep_audio=keep_audio, features=features)
 
 
 def _marker(root: Path, split: str, vid: str) -> Path:
     return root / ".resynth" / split / f"{vid}.json"
 
 
-def make_one(job: Job) -> int:
-    """Make one recording unless it is finished already; the number of its events."""
+def make_one(job: Job) -> tuple[str, np.ndarray | None]:
+    """Make one recording unless it is finished already: write its WAV (unless features alone are
+    asked for) and, without features, its marker. Its vid, and the mixture when features are to be
+    made from it (as its WAV would read back)."""
     import soundfile as sf
 
     clotho, seed, cfg, root = _WORKER["clotho"], _WORKER["seed"], _WORKER["cfg"], _WORKER["root"]
     rec = recording_of(job, clotho, seed, cfg)
     marker = _marker(root, job.split, rec.vid)
     if marker.is_file():
-        return len(rec.events)
+        return rec.vid, None
     audio = render(job, rec, clotho, cfg)
-    with atomic_open(root / "audio" / job.split / f"{rec.vid}.wav", "wb") as f:
-        sf.write(f, audio, cfg.sr, format="WAV", subtype="PCM_16")
+    if _WORKER["keep_audio"]:
+        with atomic_open(root / "audio" / job.split / f"{rec.vid}.wav", "wb") as f:
+            sf.write(f, audio, cfg.sr, format="WAV", subtype="PCM_16")
+    if _WORKER["features"]:
+        return rec.vid, as_written(audio, cfg.sr)
     write_json(marker, asdict(rec))
-    return len(rec.events)
+    return rec.vid, None
+
+
+def _run_jobs(jobs: Sequence[Job], workers: int, args: tuple, done: Callable[[str, np.ndarray | None], None]) -> None:
+    """Every job through :func:`make_one` (in ``workers`` processes), ``done`` called in this one."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc=f"resynth {jobs[0].split}" if jobs else "resynth", unit="recording") as bar:
+        if workers <= 1:
+            _init(*args)
+            results: Any = map(make_one, jobs)
+            for vid, audio in results:
+                done(vid, audio)
+                bar.update()
+            return
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init, initargs=args) as pool:
+            for vid, audio in pool.imap_unordered(make_one, jobs, chunksize=4):
+                done(vid, audio)
+                bar.update()
 
 
 def _settings(root: Path, split: str, doc: dict[str, Any]) -> None:
@@ -114,65 +142,84 @@ def _settings(root: Path, split: str, doc: dict[str, Any]) -> None:
         write_json(path, old | doc)
 
 
-def labels(root: Path, split: str, jobs: Sequence[Job], clotho: Clotho, seed: int, cfg: RecipeConfig) -> int:
-    """Write the split's annotation file from the finished recordings; the number of events."""
+def labels(root: Path, split: str, recordings: Sequence[Recording], cfg: RecipeConfig) -> int:
+    """Write the split's annotation file; the number of events."""
     lines: list[dict] = []
-    for job in jobs:
-        rec = recording_of(job, clotho, seed, cfg)
+    for rec in recordings:
         lines += label_lines(rec, len(lines), cfg)
     write_jsonl(root / "data" / f"clotho_moment_{split}_release.jsonl", lines)
     return len(lines)
 
 
-def resynth_split(
-    clotho_dir: Path,
-    walking_tours: Path,
-    root: Path,
-    split: str,
-    seed: int = 0,
-    workers: int = 1,
-    limit: int | None = None,
-    cfg: RecipeConfig | None = None,
-    problem: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """One split of the official recipe into ``root``; a summary. Problems with inputs (a missing,
-    unreadable or silent clip, a compressed video) are one line each through ``problem`` (default:
-    stderr) and counted; the run goes on."""
-    from tqdm import tqdm
+@dataclass
+class Output:
+    root: Path
+    split: str
+    workers: int = 1
+    features: FeatureWriter | None = None
+    keep_audio: bool = False
 
-    cfg = cfg or RecipeConfig()
+
+def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, cfg: RecipeConfig) -> int:
+    """Make every job's recording (skipping finished ones), then the labels (and text features);
+    the number of events."""
+    args = (clotho, seed, cfg, out.root, out.features is None or out.keep_audio, out.features is not None)
+    recordings = [recording_of(j, clotho, seed, cfg) for j in jobs]
+    by_vid = {r.vid: r for r in recordings}
+
+    def done(vid: str, mixture: np.ndarray | None) -> None:
+        if mixture is not None and out.features is not None:
+            out.features.audio(vid, mixture, cfg.sr)
+            write_json(_marker(out.root, out.split, vid), asdict(by_vid[vid]))
+
+    _run_jobs(jobs, out.workers, args, done)
+    events = labels(out.root, out.split, recordings, cfg)
+    if out.features is not None:
+        out.features.text(out.split)
+    return events
+
+
+def reporter(problem: Callable[[str], None] | None) -> tuple[list[str], Callable[[str], None]]:
+    """A list of the problems reported, and the function reporting one (default: a warning line)."""
     problems: list[str] = []
 
     def report(line: str) -> None:
         problems.append(line)
         (problem or (lambda s: print(f"warning: {s}", file=sys.stderr)))(line)
 
-    captions = read_captions(clotho_dir / f"clotho_captions_{CLOTHO_SPLITS[split]}.csv")
-    videos = split_videos(list_videos(walking_tours, report), cfg.split_ratio)[split]
+    return problems, report
+
+
+def resynth_split(
+    clotho_dir: Path,
+    walking_tours: Path,
+    out: Output,
+    seed: int = 0,
+    limit: int | None = None,
+    cfg: RecipeConfig | None = None,
+    problem: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """One split of the official recipe into ``out.root``; a summary. Problems with inputs (a
+    missing, unreadable or silent clip, a compressed video) are one line each through ``problem``
+    (default: stderr) and counted; the run goes on."""
+    cfg = cfg or RecipeConfig()
+    problems, report = reporter(problem)
+    captions = read_captions(clotho_dir / f"clotho_captions_{CLOTHO_SPLITS[out.split]}.csv")
+    videos = split_videos(list_videos(walking_tours, report), cfg.split_ratio)[out.split]
     if not videos:
-        raise InputError(f"no recordings fall in the {split} split (7:1:2 of the listing)", walking_tours)
-    jobs = plan(videos, split, cfg)[:limit]
-    _settings(root, split, {"seed": seed, "limit": limit, "recipe": asdict(cfg), "videos": [v.name for v in videos]})
-    clotho = Clotho(clotho_dir / CLOTHO_SPLITS[split], captions, cfg)
+        raise InputError(f"no recordings fall in the {out.split} split (7:1:2 of the listing)", walking_tours)
+    jobs = plan(videos, out.split, cfg)[:limit]
+    settings = {"seed": seed, "limit": limit, "recipe": asdict(cfg), "videos": [v.name for v in videos]}
+    _settings(out.root, out.split, settings)
+    clotho = Clotho(clotho_dir / CLOTHO_SPLITS[out.split], captions, cfg)
     clotho.scan(report)
     if not clotho.durations:
         raise InputError("no usable clip (every one missing, unreadable or silent)", clotho.folder)
-    _settings(root, split, {"clips": hashlib.sha256(json.dumps(sorted(clotho.durations.items())).encode()).hexdigest()})
-    args = (clotho, seed, cfg, root)
-    bar = tqdm(total=len(jobs), desc=f"resynth {split}", unit="recording")
-    if workers <= 1:
-        _init(*args)
-        for job in jobs:
-            make_one(job)
-            bar.update()
-    else:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_init, initargs=args) as pool:
-            for _ in pool.imap_unordered(make_one, jobs, chunksize=4):
-                bar.update()
-    bar.close()
-    events = labels(root, split, jobs, clotho, seed, cfg)
+    digest = hashlib.sha256(json.dumps(sorted(clotho.durations.items())).encode()).hexdigest()
+    _settings(out.root, out.split, {"clips": digest})
+    events = produce(out, jobs, clotho, seed, cfg)
     return {
-        "split": split,
+        "split": out.split,
         "recordings": len(jobs),
         "events": events,
         "hours": len(jobs) * cfg.window_s / 3600,
