@@ -10,6 +10,7 @@ BENCHMARKS = (
     ("data", "bench_data"),
     ("eval", "bench_eval"),
     ("decoders", "bench_decode"),
+    ("re-synthesis", "bench_resynth"),
     ("report", "bench_report"),
     ("train step", "bench_train"),
     ("back-translation", "bench_backtranslate"),

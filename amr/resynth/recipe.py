@@ -120,9 +120,10 @@ def label_lines(recording: Recording, first_qid: int, cfg: RecipeConfig) -> list
         {
             "qid": f"{first_qid + i if ev.qid is None else ev.qid:05d}",
             "query": ev.caption,
-            "duration": cfg.window_s,
+            "duration": int(cfg.window_s) if float(cfg.window_s).is_integer() else cfg.window_s,
             "vid": recording.vid,
             "relevant_windows": [[float(f"{ev.start:.1f}"), float(f"{ev.start + ev.duration:.1f}")]],
+            "fg_dB": ev.fg_db,
         }
         for i, ev in enumerate(recording.events)
     ]

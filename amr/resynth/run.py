@@ -142,12 +142,24 @@ def _settings(root: Path, split: str, doc: dict[str, Any]) -> None:
         write_json(path, old | doc)
 
 
+SPLIT_FIRST_QID = {"train": 0, "val": 60_000, "test": 80_000}  # qids unique across a root's splits
+
+
 def labels(root: Path, split: str, recordings: Sequence[Recording], cfg: RecipeConfig) -> int:
-    """Write the split's annotation file; the number of events."""
+    """Write the split's annotation file (qids counted from the split's first one unless the recipe
+    gives them); refused when a qid is taken by another split's file (their text features would
+    share a file). The number of events."""
     lines: list[dict] = []
     for rec in recordings:
-        lines += label_lines(rec, len(lines), cfg)
-    write_jsonl(root / "data" / f"clotho_moment_{split}_release.jsonl", lines)
+        lines += label_lines(rec, SPLIT_FIRST_QID[split] + len(lines), cfg)
+    path = root / "data" / f"clotho_moment_{split}_release.jsonl"
+    qids = {ln["qid"] for ln in lines}
+    for other in sorted(path.parent.glob("clotho_moment_*_release.jsonl")) if path.parent.is_dir() else []:
+        if other != path and (taken := qids & {json.loads(x)["qid"] for x in other.read_text().splitlines() if x}):
+            raise InputError(
+                f"{len(taken)} qids (first {min(taken)}) are taken by {other.name}; use another --out", path
+            )
+    write_jsonl(path, lines)
     return len(lines)
 
 
