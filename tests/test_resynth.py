@@ -204,6 +204,12 @@ def test_bad_inputs_are_one_line_before_any_work(raw, tmp_path) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
     proc = _resynth(clotho, tours, tmp_path / "o", "--split", "val")  # 2 recordings: none in val
     assert proc.returncode == 2 and "no recordings fall in the val split" in proc.stderr
+    proc = _resynth(clotho, tours, tmp_path / "o", "--limit", "2")  # every split: val skipped, said once
+    assert proc.returncode == 0 and "val: no recording falls in this split (7:1:2 of 2); skipped" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "o" / "data").iterdir()) == [
+        "clotho_moment_test_release.jsonl",
+        "clotho_moment_train_release.jsonl",
+    ]
 
 
 @needs_msclap

@@ -29,7 +29,16 @@ def _output(args: argparse.Namespace, split: str) -> Output:
 def _official(args: argparse.Namespace) -> None:
     from amr.resynth.run import resynth_split
 
-    for split in ["train", "val", "test"] if args.split == "all" else [args.split]:
+    splits = [args.split]
+    if args.split == "all":  # a split no video falls in is skipped (with few videos 7:1:2 leaves val empty)
+        from amr.resynth.recipe import RecipeConfig
+        from amr.resynth.sources import list_videos, split_videos
+
+        videos = split_videos(list_videos(args.walking_tours, lambda line: None), RecipeConfig().split_ratio)
+        splits = [s for s in ("train", "val", "test") if videos[s]]
+        for empty in sorted(set(videos) - set(splits)):
+            print(f"{empty}: no recording falls in this split (7:1:2 of {sum(map(len, videos.values()))}); skipped")
+    for split in splits:
         s = resynth_split(args.clotho, args.walking_tours, _output(args, split), args.seed, args.limit)
         print(
             f"{split}: {s['recordings']} recordings ({s['hours']:.1f} h), {s['events']} events "
