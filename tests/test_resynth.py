@@ -202,6 +202,8 @@ def test_bad_inputs_are_one_line_before_any_work(raw, tmp_path) -> None:
     proc = _resynth(clotho, tmp_path / "nowhere", tmp_path / "o")
     assert proc.returncode == 2 and "Walking Tours folder not found" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    proc = _resynth(clotho, tours, tmp_path / "o", "--keep-audio")
+    assert proc.returncode == 2 and "error: --keep-audio: only read with --features" in proc.stderr
     proc = _resynth(clotho, tours, tmp_path / "o", "--split", "val")  # 2 recordings: none in val
     assert proc.returncode == 2 and "no recordings fall in the val split" in proc.stderr
     proc = _resynth(clotho, tours, tmp_path / "o", "--limit", "2")  # every split: val skipped, said once

@@ -18,6 +18,11 @@ def _output(args: argparse.Namespace, split: str) -> Output:
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}", "--workers")
+    if not args.features:
+        given = [f for f, v in (("--keep-audio", args.keep_audio), ("--clap-weights", args.clap_weights),
+                                ("--device", args.device)) if v]  # fmt: skip
+        if given:
+            raise InputError("only read with --features", given[0])
     writer = None
     if args.features:
         from amr.resynth.features import FeatureWriter
