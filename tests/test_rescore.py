@@ -150,7 +150,11 @@ def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
         (["--out", str(out / "x"), "--set", "penalty=-2"], "--set needs --decode"),
         (["--out", str(out / "x"), "--decode", "saliency", "--set", "detr_weight=0.3"], "not read by decode=saliency"),
         (["--out", str(out / "x"), "--decode", "hybrid", "--choose", "detr_weight=a"], "needs a float"),
-        (["--out", str(out / "x"), "--metric", "R5@0.7"], "unknown metric"),
+        (
+            ["--out", str(out / "x"), "--decode", "hybrid", "--choose", "detr_weight=0,1", "--metric", "R5@0.7"],
+            "unknown metric",
+        ),
+        (["--out", str(out / "x"), "--metric", "mAP"], "--metric: only read with --choose"),
     ]:
         proc = _amr("decode", str(run), *args)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr

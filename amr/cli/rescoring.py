@@ -85,11 +85,14 @@ def _rescore(args: argparse.Namespace, calibrate: str | None) -> None:
     if not 0 < getattr(args, "target_iou", 0.7) <= 1:
         raise InputError(f"--target-iou must be in (0, 1], got {args.target_iou}", "--target-iou")
     choices = _choices(getattr(args, "choose", None))
+    if args.metric is not None and not choices:
+        raise InputError("only read with --choose (the validation metric a choice maximises)", "--metric")
     for run in args.runs:
         Source.of(run)  # every run checked before any work
     for run, out in zip(args.runs, _outputs(args.runs, args.out), strict=True):
         target = getattr(args, "target_iou", 0.7)
-        res = rescore(run, out, decode, choices, args.metric, calibrate, getattr(args, "replace", False), target)
+        metric = args.metric or "R1@0.7"
+        res = rescore(run, out, decode, choices, metric, calibrate, getattr(args, "replace", False), target)
         brief = {k.removeprefix("MR-full-"): v for k, v in res["test"]["brief"].items() if k.startswith("MR-full-")}
         print(f"{out}: test " + " ".join(f"{k}={v:.2f}" for k, v in brief.items()))
 
@@ -100,7 +103,7 @@ def rescore_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, type=Path, help="one run: the new run folder; several: a folder of them")
     add_decode_options(d, calibrator=False)
     d.add_argument("--choose", action="append", metavar="KEY=V1,V2,...", help="values to choose from on validation")
-    d.add_argument("--metric", default="R1@0.7", help="validation metric the choice maximises")
+    d.add_argument("--metric", help="validation metric the choice maximises (default R1@0.7)")
     d.set_defaults(fn=lambda a: _rescore(a, None))
 
     c = sub.add_parser("calibrate", help="fit a score calibrator on validation; saved beside the checkpoint")
@@ -110,5 +113,5 @@ def rescore_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--replace", action="store_true", help="replace a calibrator already beside the checkpoint")
     c.add_argument("--target-iou", type=float, default=0.7, help="a hit: IoU with a GT window at least this")
     add_decode_options(c, calibrator=False)
-    c.add_argument("--metric", default="R1@0.7", help=argparse.SUPPRESS)
+    c.set_defaults(metric=None)
     c.set_defaults(fn=lambda a: _rescore(a, a.method))
