@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +177,7 @@ def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, cfg: Re
     the number of events."""
     args = (clotho, seed, cfg, out.root, out.features is None or out.keep_audio, out.features is not None)
     recordings = [recording_of(j, clotho, seed, cfg) for j in jobs]
+    jobs = [replace(j, recording=r) for j, r in zip(jobs, recordings, strict=True)]  # drawn once, here
     by_vid = {r.vid: r for r in recordings}
 
     def done(vid: str, mixture: np.ndarray | None) -> None:
