@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from amr.resynth.design import Official
 from amr.resynth.recipe import RecipeConfig, mix, window_starts
 from amr.resynth.run import Output, plan, recording_of, resynth_split
 from amr.resynth.sources import Clotho, read_captions, resample, split_videos
@@ -59,8 +60,8 @@ def official_way(clotho: Path, tours: Path, out: Path, cfg: RecipeConfig) -> tup
         for s in window_starts(len(x), sr, cfg):
             sf.write(out / "bg" / v.stem / f"{s // sr}.wav", x[s : s + 60 * sr], sr)
     (out / "mix").mkdir()
-    for job in plan(videos, "train", cfg):
-        rec = recording_of(job, clips, 0, cfg)
+    for job in plan(videos, "train", Official(cfg), 0):
+        rec = recording_of(job, clips, 0, Official(cfg))
         bg, sr = sf.read(out / "bg" / job.video.stem / f"{job.start_sample // job.sr}.wav")
         fgs = []
         for ev in rec.events:

@@ -85,21 +85,22 @@ def test_labels_round_as_the_public_generator() -> None:
         -20.0,
         (Event("a", "x", 0.0, 3.25, 2.0), Event("b", "y", 0.0, 40.96, 7.0)),
     )
-    lines = label_lines(rec, 41, RecipeConfig())
+    lines = label_lines(rec, 41)
     assert [ln["qid"] for ln in lines] == ["00041", "00042"]
     assert [ln["relevant_windows"] for ln in lines] == [[[3.2, 5.2]], [[41.0, 48.0]]]
     assert lines[0]["vid"] == "walk_12.0_72.0" and lines[0]["duration"] == 60 and lines[0]["fg_dB"] == 0.0
 
 
 def test_qids_stay_unique_across_a_roots_splits(tmp_path) -> None:
+    from amr.resynth.design import Official
     from amr.resynth.run import labels
 
     rec = Recording("v_0.0_60.0", "v", 0.0, -20.0, (Event("a", "x", 1.5, 1.0, 2.0),))
-    assert labels(tmp_path, "val", [rec], RecipeConfig()) == 1  # val counts from 60000
+    assert labels(tmp_path, "val", [rec], Official()) == 1  # val counts from 60000
     assert json.loads((tmp_path / "data/clotho_moment_val_release.jsonl").read_text())["qid"] == "60000"
     given = Recording("w_0.0_60.0", "w", 0.0, -20.0, (Event("a", "x", 1.5, 1.0, 2.0, qid=60000),))
     with pytest.raises(InputError, match=r"1 qids \(first 60000\) are taken by clotho_moment_val_release.jsonl"):
-        labels(tmp_path, "test", [given], RecipeConfig())
+        labels(tmp_path, "test", [given], Official())
 
 
 def _clip(rng: np.random.Generator, seconds: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """MS-CLAP features straight from the mixtures, through the extractor ``amr extract-audio`` uses:
-each mixture as its 16-bit WAV would read back, resampled to 44.1 kHz, cut into centred 1 s windows
-(Clotho-Moment's 61 frames for 60 s), embedded; no WAV on disk unless asked for."""
+each mixture as its 16-bit WAV would read back, resampled to 44.1 kHz, cut into 1 s windows
+(centred for Clotho-Moment: 61 frames for 60 s; CASTELLA's way otherwise: one frame per whole
+second), embedded; no WAV on disk unless asked for."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from amr.data.features import AUDIO_KEY, Layout
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
 
-NAME, FEAT_DIR = "clotho_moment", "clotho-moment"  # the official layout's names for Clotho-Moment
-
 
 def as_written(audio: np.ndarray, sr: int) -> np.ndarray:
     """The mixture as its 16-bit WAV file reads back (float32)."""
@@ -30,10 +29,20 @@ def as_written(audio: np.ndarray, sr: int) -> np.ndarray:
 
 
 class FeatureWriter:
-    """Embeds mixtures and captions into ``root/features/clotho-moment`` (the encoder built on first use)."""
+    """Embeds mixtures and captions into ``root``'s layout of a dataset (``name``, ``feat_dir``:
+    Clotho-Moment's by default; the encoder built on first use)."""
 
-    def __init__(self, root: Path, encoder: Callable[[], ClapEncoder], batch_size: int = 64) -> None:
-        self.layout = Layout(root, NAME, FEAT_DIR)
+    def __init__(
+        self,
+        root: Path,
+        encoder: Callable[[], ClapEncoder],
+        batch_size: int = 64,
+        name: str = "clotho_moment",
+        feat_dir: str = "clotho-moment",
+        centered: bool = True,
+    ) -> None:
+        self.layout = Layout(root, name, feat_dir)
+        self.centered = centered
         self._make = encoder
         self._encoder: ClapEncoder | None = None
         self.batch_size = batch_size
@@ -51,7 +60,7 @@ class FeatureWriter:
         from amr.clap.extract import embed_windows, save_npz
 
         x = soxr.resample(mixture, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-        emb = embed_windows(self.encoder, windows(x, centered=True), self.batch_size)
+        emb = embed_windows(self.encoder, windows(x, centered=self.centered), self.batch_size)
         save_npz(self.layout.features.audio_file(vid), AUDIO_KEY, emb)
 
     def text(self, split: str) -> None:

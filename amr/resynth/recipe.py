@@ -41,6 +41,8 @@ class Event:
     start: float  # seconds from the window's start
     duration: float  # the trimmed clip's length, seconds
     qid: int | None = None  # a given recipe's query id (replay); None: counted in recording order
+    offset: float = 0.0  # where the event's stretch starts in the trimmed clip, seconds
+    query: int = 0  # events of one query share it (the same sound recurring); one query each by default
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Recording:
     start_s: float
     bg_db: float
     events: tuple[Event, ...]
+    duration_s: float = 60.0  # the background window's length
 
 
 def trim_bounds(x: np.ndarray, sr: int, clip_db: float = 5.0) -> tuple[int, int]:
@@ -72,9 +75,9 @@ def window_starts(n_samples: int, sr: int, cfg: RecipeConfig) -> list[int]:
     return list(range(0, n_samples - size + 1, hop)) if n_samples >= size else []
 
 
-def vid_name(video: str, start_sample: int, sr: int, cfg: RecipeConfig) -> str:
+def vid_name(video: str, start_sample: int, sr: int, duration_s: float) -> str:
     start = round(start_sample / sr, 1)
-    return f"{video}_{start}_{round(start + cfg.window_s, 1)}"
+    return f"{video}_{start}_{round(start + duration_s, 1)}"
 
 
 def place_events(
@@ -106,7 +109,9 @@ def mix(bg: np.ndarray, foregrounds: Sequence[tuple[np.ndarray, Event]], bg_db: 
     out = bg * 10 ** (bg_db / 20)
     for fg, ev in foregrounds:
         fg = np.asarray(fg, dtype=np.float64)
-        peak = np.max(np.abs(fg))
+        peak = np.max(np.abs(fg), initial=0.0)
+        if peak == 0:  # a silent stretch adds nothing
+            continue
         a = int(ev.start * sr)
         n = max(0, min(len(fg), len(out) - a))
         out[a : a + n] += fg[:n] / peak * 10 ** (ev.fg_db / 20) * np.sqrt(power)
@@ -114,13 +119,13 @@ def mix(bg: np.ndarray, foregrounds: Sequence[tuple[np.ndarray, Event]], bg_db: 
     return out / peak if peak > 0 else out
 
 
-def label_lines(recording: Recording, first_qid: int, cfg: RecipeConfig) -> list[dict]:
+def label_lines(recording: Recording, first_qid: int) -> list[dict]:
     """The recording's annotation lines (one per event), qids counted from ``first_qid``."""
     return [
         {
             "qid": f"{first_qid + i if ev.qid is None else ev.qid:05d}",
             "query": ev.caption,
-            "duration": int(cfg.window_s) if float(cfg.window_s).is_integer() else cfg.window_s,
+            "duration": int(recording.duration_s) if float(recording.duration_s).is_integer() else recording.duration_s,
             "vid": recording.vid,
             "relevant_windows": [[float(f"{ev.start:.1f}"), float(f"{ev.start + ev.duration:.1f}")]],
             "fg_dB": ev.fg_db,

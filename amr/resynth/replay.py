@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from amr.errors import InputError
+from amr.resynth.design import Official
 from amr.resynth.recipe import Event, RecipeConfig, Recording
 from amr.resynth.run import Job, Output, produce, reporter
 from amr.resynth.sources import AUDIO_SUFFIXES, CLOTHO_SPLITS, Clotho
@@ -67,7 +68,7 @@ def replay(
     problems, report = reporter(problem)
     entries = _load(recipe)
     videos = {p.stem: p for p in sorted(walking_tours.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES}
-    recs = [(e, Recording(e["name"], "", 0.0, float(e["bg"]["dB"]), _events(e))) for e in entries]
+    recs = [(e, Recording(e["name"], "", 0.0, float(e["bg"]["dB"]), _events(e), cfg.window_s)) for e in entries]
     clips = {ev.clip: [ev.caption] for _, r in recs for ev in r.events}
     clotho = Clotho(clotho_dir / CLOTHO_SPLITS[out.split], clips, cfg)
     clotho.scan(report)
@@ -84,6 +85,11 @@ def replay(
             continue
         sr = sf.info(video).samplerate
         start = float(bg.stem.split("_")[0])
-        jobs.append(Job(out.split, 0, video, int(round(start * sr)), sr, rec))
-    events = produce(out, jobs, clotho, 0, cfg)
-    return {"split": out.split, "recordings": len(jobs), "events": events, "problems": len(problems)}
+        jobs.append(Job(out.split, 0, video, int(round(start * sr)), sr, int(round(cfg.window_s * sr)), 0, rec))
+    made = produce(out, jobs, clotho, 0, Official(cfg))
+    return {
+        "split": out.split,
+        "recordings": len(made),
+        "events": sum(len(r.events) for r in made),
+        "problems": len(problems),
+    }

@@ -3,7 +3,8 @@ recording whatever the number of workers), resume after a kill, write the offici
 
 ``ROOT/audio/<split>/<vid>.wav`` (16-bit, as the public generator writes them), one small record per
 finished recording under ``ROOT/.resynth/<split>/`` (the resume marker, written after its audio),
-and at the end ``ROOT/data/clotho_moment_<split>_release.jsonl`` with qids counted in recording order.
+and at the end ``ROOT/data/<name>_<split>_release.jsonl`` (``clotho_moment``, ``castella_like``: the
+design's name). What the recordings look like is the design's (``design.py``); the run is the same.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ import numpy as np
 
 from amr.errors import InputError
 from amr.io import atomic_open, write_json, write_jsonl
+from amr.resynth.design import Design, Official
 from amr.resynth.features import FeatureWriter, as_written
-from amr.resynth.recipe import (
-    RecipeConfig,
-    Recording,
-    label_lines,
-    mix,
-    place_events,
-    vid_name,
-    window_starts,
+from amr.resynth.recipe import RecipeConfig, Recording, mix, vid_name
+from amr.resynth.sources import (
+    CLOTHO_SPLITS,
+    Clotho,
+    list_videos,
+    read_captions,
+    read_slice,
+    readable,
+    resample,
+    split_videos,
 )
-from amr.resynth.sources import CLOTHO_SPLITS, Clotho, list_videos, read_captions, read_slice, resample, split_videos
 
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
@@ -43,47 +46,58 @@ class Job:
     video: Path
     start_sample: int  # at the video's own rate
     sr: int  # the video's rate
+    length: int  # the background's samples at the video's rate
+    index: int = 0  # the background's place among the video's
     recording: Recording | None = None  # a given recipe (replay); None: drawn from the seed
 
 
-def plan(videos: Sequence[Path], split: str, cfg: RecipeConfig) -> list[Job]:
-    """Every background window of the split's videos, in order."""
+def plan(videos: Sequence[Path], split: str, design: Design, seed: int) -> list[Job]:
+    """Every background of the split's videos, in order (a design that draws their lengths does so
+    from the stream (seed, split, video))."""
     import soundfile as sf
 
     jobs = []
     for i, v in enumerate(videos):
         info = sf.info(v)
-        jobs += [Job(split, i, v, s, info.samplerate) for s in window_starts(info.frames, info.samplerate, cfg)]
+        rng = np.random.default_rng([seed, SPLIT_CODE[split], i])
+        cuts = design.backgrounds(info.frames, info.samplerate, rng)
+        jobs += [Job(split, i, v, s, info.samplerate, n, k) for k, (s, n) in enumerate(cuts)]
     return jobs
 
 
-def recording_of(job: Job, clotho: Clotho, seed: int, cfg: RecipeConfig) -> Recording:
+def recording_of(job: Job, clotho: Clotho, seed: int, design: Design) -> Recording:
     """The recipe of one recording: the job's own, or one drawn from its random stream (seed,
-    split, video, window)."""
+    split, video, background)."""
     if job.recording is not None:
         return job.recording
-    hop = int(round(cfg.hop_s * job.sr))
-    rng = np.random.default_rng([seed, SPLIT_CODE[job.split], job.video_index, job.start_sample // hop])
-    bg_db = float(rng.uniform(*cfg.bg_db_range))
-    events = place_events(rng, clotho.durations, clotho.captions, cfg)
-    vid = vid_name(job.video.stem, job.start_sample, job.sr, cfg)
-    return Recording(vid, job.video.stem, round(job.start_sample / job.sr, 1), bg_db, tuple(events))
+    rng = np.random.default_rng([seed, SPLIT_CODE[job.split], job.video_index, job.index])
+    bg_db = float(rng.uniform(*design.cfg.bg_db_range))
+    duration_s = job.length / job.sr
+    events = design.draw(rng, clotho.durations, clotho.captions, duration_s)
+    vid = vid_name(job.video.stem, job.start_sample, job.sr, duration_s)
+    start_s = round(job.start_sample / job.sr, 1)
+    return Recording(vid, job.video.stem, start_s, bg_db, tuple(events), duration_s)
 
 
 def render(job: Job, rec: Recording, clotho: Clotho, cfg: RecipeConfig) -> np.ndarray:
-    """The recording's mixture at ``cfg.sr``: its background slice read from the long file."""
-    x, sr = read_slice(job.video, job.start_sample, int(round(cfg.window_s * job.sr)))
-    n = int(round(cfg.window_s * cfg.sr))
+    """The recording's mixture at ``cfg.sr``: its background slice read from the long file, each
+    event the stretch of its trimmed clip from its offset."""
+    x, sr = read_slice(job.video, job.start_sample, job.length)
+    n = int(round(rec.duration_s * cfg.sr))
     bg = resample(x, sr, cfg.sr)[:n]
     bg = np.pad(bg, (0, n - len(bg)))
-    return mix(bg, [(clotho.audio(e.clip), e) for e in rec.events], rec.bg_db, cfg.sr)
+    fgs = []
+    for e in rec.events:
+        a = int(round(e.offset * cfg.sr))
+        fgs.append((clotho.audio(e.clip)[a : a + int(round(e.duration * cfg.sr))], e))
+    return mix(bg, fgs, rec.bg_db, cfg.sr)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init(clotho: Clotho, seed: int, cfg: RecipeConfig, root: Path, keep_audio: bool, features: bool) -> None:
-    _WORKER.update(clotho=clotho, seed=seed, cfg=cfg, root=root, keep_audio=keep_audio, features=features)
+def _init(clotho: Clotho, seed: int, design: Design, root: Path, keep_audio: bool, features: bool) -> None:
+    _WORKER.update(clotho=clotho, seed=seed, design=design, root=root, keep_audio=keep_audio, features=features)
 
 
 def _marker(root: Path, split: str, vid: str) -> Path:
@@ -96,8 +110,9 @@ def make_one(job: Job) -> tuple[str, np.ndarray | None]:
     made from it (as its WAV would read back)."""
     import soundfile as sf
 
-    clotho, seed, cfg, root = _WORKER["clotho"], _WORKER["seed"], _WORKER["cfg"], _WORKER["root"]
-    rec = recording_of(job, clotho, seed, cfg)
+    clotho, seed, design, root = _WORKER["clotho"], _WORKER["seed"], _WORKER["design"], _WORKER["root"]
+    cfg = design.cfg
+    rec = recording_of(job, clotho, seed, design)
     marker = _marker(root, job.split, rec.vid)
     if marker.is_file():
         return rec.vid, None
@@ -142,25 +157,19 @@ def _settings(root: Path, split: str, doc: dict[str, Any]) -> None:
         write_json(path, old | doc)
 
 
-SPLIT_FIRST_QID = {"train": 0, "val": 60_000, "test": 80_000}  # qids unique across a root's splits
-
-
-def labels(root: Path, split: str, recordings: Sequence[Recording], cfg: RecipeConfig) -> int:
-    """Write the split's annotation file (qids counted from the split's first one unless the recipe
-    gives them); refused when a qid is taken by another split's file (their text features would
-    share a file). The number of events."""
-    lines: list[dict] = []
-    for rec in recordings:
-        lines += label_lines(rec, SPLIT_FIRST_QID[split] + len(lines), cfg)
-    path = root / "data" / f"clotho_moment_{split}_release.jsonl"
+def labels(root: Path, split: str, recordings: Sequence[Recording], design: Design) -> int:
+    """Write the split's annotation file; refused when a qid is taken by another split's file
+    (their text features would share a file). The number of events."""
+    lines = design.lines(recordings, split)
+    path = root / "data" / f"{design.name}_{split}_release.jsonl"
     qids = {ln["qid"] for ln in lines}
-    for other in sorted(path.parent.glob("clotho_moment_*_release.jsonl")) if path.parent.is_dir() else []:
+    for other in sorted(path.parent.glob(f"{design.name}_*_release.jsonl")) if path.parent.is_dir() else []:
         if other != path and (taken := qids & {json.loads(x)["qid"] for x in other.read_text().splitlines() if x}):
             raise InputError(
                 f"{len(taken)} qids (first {min(taken)}) are taken by {other.name}; use another --out", path
             )
     write_jsonl(path, lines)
-    return len(lines)
+    return sum(len(r.events) for r in recordings)
 
 
 @dataclass
@@ -172,11 +181,12 @@ class Output:
     keep_audio: bool = False
 
 
-def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, cfg: RecipeConfig) -> int:
+def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, design: Design) -> list[Recording]:
     """Make every job's recording (skipping finished ones), then the labels (and text features);
-    the number of events."""
-    args = (clotho, seed, cfg, out.root, out.features is None or out.keep_audio, out.features is not None)
-    recordings = [recording_of(j, clotho, seed, cfg) for j in jobs]
+    the recordings."""
+    cfg = design.cfg
+    args = (clotho, seed, design, out.root, out.features is None or out.keep_audio, out.features is not None)
+    recordings = [recording_of(j, clotho, seed, design) for j in jobs]
     jobs = [replace(j, recording=r) for j, r in zip(jobs, recordings, strict=True)]  # drawn once, here
     by_vid = {r.vid: r for r in recordings}
 
@@ -186,10 +196,10 @@ def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, cfg: Re
             write_json(_marker(out.root, out.split, vid), asdict(by_vid[vid]))
 
     _run_jobs(jobs, out.workers, args, done)
-    events = labels(out.root, out.split, recordings, cfg)
+    labels(out.root, out.split, recordings, design)
     if out.features is not None:
         out.features.text(out.split)
-    return events
+    return recordings
 
 
 def reporter(problem: Callable[[str], None] | None) -> tuple[list[str], Callable[[str], None]]:
@@ -209,33 +219,36 @@ def resynth_split(
     out: Output,
     seed: int = 0,
     limit: int | None = None,
-    cfg: RecipeConfig | None = None,
+    design: Design | None = None,
     problem: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """One split of the official recipe into ``out.root``; a summary. Problems with inputs (a
-    missing, unreadable or silent clip, a compressed video) are one line each through ``problem``
-    (default: stderr) and counted; the run goes on."""
-    cfg = cfg or RecipeConfig()
+    """One split of a design (default: the official recipe) into ``out.root``; a summary. Problems
+    with inputs (a missing, unreadable or silent clip, a video without audio) are one line each
+    through ``problem`` (default: stderr) and counted; the run goes on."""
+    design = design or Official()
+    cfg = design.cfg
     problems, report = reporter(problem)
     captions = read_captions(clotho_dir / f"clotho_captions_{CLOTHO_SPLITS[out.split]}.csv")
-    videos = split_videos(list_videos(walking_tours, report), cfg.split_ratio)[out.split]
-    if not videos:
+    listed = split_videos(list_videos(walking_tours, report), cfg.split_ratio)[out.split]
+    if not listed:
         raise InputError(f"no recordings fall in the {out.split} split (7:1:2 of the listing)", walking_tours)
-    jobs = plan(videos, out.split, cfg)[:limit]
-    settings = {"seed": seed, "limit": limit, "recipe": asdict(cfg), "videos": [v.name for v in videos]}
+    settings = {"seed": seed, "limit": limit, **design.settings(), "videos": [v.name for v in listed]}
     _settings(out.root, out.split, settings)
+    videos = [p for v in listed if (p := readable(v, out.root / ".resynth" / "decoded", report)) is not None]
+    jobs = plan(videos, out.split, design, seed)[:limit]
     clotho = Clotho(clotho_dir / CLOTHO_SPLITS[out.split], captions, cfg)
     clotho.scan(report)
     if not clotho.durations:
         raise InputError("no usable clip (every one missing, unreadable or silent)", clotho.folder)
     digest = hashlib.sha256(json.dumps(sorted(clotho.durations.items())).encode()).hexdigest()
     _settings(out.root, out.split, {"clips": digest})
-    events = produce(out, jobs, clotho, seed, cfg)
+    recordings = produce(out, jobs, clotho, seed, design)
     return {
         "split": out.split,
-        "recordings": len(jobs),
-        "events": events,
-        "hours": len(jobs) * cfg.window_s / 3600,
+        "recordings": len(recordings),
+        "events": sum(len(r.events) for r in recordings),
+        "queries": len(design.lines(recordings, out.split)),
+        "hours": sum(r.duration_s for r in recordings) / 3600,
         "clips": len(clotho.durations),
         "dropped_clips": len(captions) - len(clotho.durations),
         "problems": len(problems),

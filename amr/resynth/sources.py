@@ -103,17 +103,55 @@ class Clotho:
 
 
 def list_videos(folder: Path, problem: Callable[[str], None]) -> list[Path]:
-    """The long background recordings, in name order; compressed video is reported and skipped."""
+    """The long background recordings (audio, or video whose audio :func:`readable` decodes), in
+    name order; a second file of the same name (``walk.mp4`` beside ``walk.flac``) is reported and
+    skipped, the audio one kept."""
     if not folder.is_dir():
         raise InputError("Walking Tours folder not found", folder)
-    out = []
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in AUDIO_SUFFIXES:
-            out.append(p)
-        elif p.suffix.lower() in VIDEO_SUFFIXES:
-            problem(f"{p}: compressed video; decode its audio first (ffmpeg -i '{p.name}' -vn -ac 1 '{p.stem}.flac')")
-    if not out:
-        raise InputError(f"no {'/'.join(AUDIO_SUFFIXES)} recordings", folder)
+    found = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES]
+    by_stem: dict[str, Path] = {}
+    for p in sorted(found, key=lambda p: (p.stem, p.suffix.lower() not in AUDIO_SUFFIXES, p.name)):
+        if p.stem in by_stem:
+            problem(f"{p}: another recording is named {p.stem} ({by_stem[p.stem].name}); skipped")
+            continue
+        by_stem[p.stem] = p
+    if not by_stem:
+        raise InputError(f"no {'/'.join(AUDIO_SUFFIXES + VIDEO_SUFFIXES)} recordings", folder)
+    return [by_stem[k] for k in sorted(by_stem)]
+
+
+def readable(path: Path, cache: Path, problem: Callable[[str], None]) -> Path | None:
+    """A file soundfile can seek in for ``path``: itself for audio; for a video, its audio decoded
+    once (PyAV) into ``cache/<stem>.flac``: mono, its own rate, 16-bit (channels averaged and
+    quantised by FFmpeg's resampler, as ``ffmpeg -i V -ac 1 V.wav`` makes the public generator's
+    WAVs). None, with one line, for a video without audio or one FFmpeg cannot decode."""
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return path
+    out = cache / f"{path.stem}.flac"
+    if out.is_file():
+        return out
+    try:
+        import av
+    except ImportError:
+        raise InputError("decoding video needs PyAV: pip install 'amr[video]'", path) from None
+    import soundfile as sf
+
+    from amr.io import atomic_open
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                problem(f"{path}: no audio stream; skipped")
+                return None
+            stream = container.streams.audio[0]
+            to_mono = av.AudioResampler(format="s16", layout="mono", rate=stream.rate)
+            with atomic_open(out, "wb") as f, sf.SoundFile(f, "w", stream.rate, 1, "PCM_16", format="FLAC") as w:
+                for frame in [*container.decode(stream), None]:
+                    for chunk in to_mono.resample(frame):
+                        w.write(chunk.to_ndarray().reshape(-1))
+    except av.FFmpegError as e:
+        problem(f"{path}: undecodable video ({e.__class__.__name__}); skipped")
+        return None
     return out
 
 
