@@ -19,6 +19,7 @@ from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
+from amr.model.matcher import SOLVERS
 from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
@@ -273,6 +274,7 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
+    _in(cfg.loss.matcher, SOLVERS, "loss.matcher")
     DecodeCfg(**plain(cfg.decode)).check()
     if cfg.loss.cls == "ce" and (cfg.loss.cls_alpha is not None or cfg.loss.cls_gamma != LossCfg().cls_gamma):
         raise ValueError("loss.cls_alpha and loss.cls_gamma are read only by loss.cls=focal or varifocal")

@@ -64,7 +64,8 @@ def pretrain_key(cfg: DictConfig) -> str:
             "eval_batch_size": cfg.pretrain.eval_batch_size,
         },
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+        # the solver only when not the default, so that existing keys stay as they were
+        "loss": {k: v for k, v in plain(cfg.loss).items() if k != "matcher" or v != "scipy"},
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "augment": {"time_mask": None if time_mask is None else [time_mask.p, time_mask.max_ratio], "pivots": pivots},
         "seed": cfg.seed,

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from amr.lit_module import FULL_PRECISION, adamw
 from amr.model import QDDETR, build_criterion
+from amr.model.matcher import SOLVERS, HungarianMatcher
 from amr.runtime import tune_allocator
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
 
@@ -115,11 +116,13 @@ def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if precision == "16-mixed" else None
 
 
-def our_step(device: str, precision: str, shape: str, batch: int = 32) -> tuple[Callable[[], None], int]:
+def our_step(
+    device: str, precision: str, shape: str, batch: int = 32, matcher: str = "scipy"
+) -> tuple[Callable[[], None], int]:
     """A timed step of amr's model on a fixed batch, and its FLOPs."""
     torch.manual_seed(0)
     model = QDDETR().to(device).train()
-    criterion = build_criterion().to(device)
+    criterion = build_criterion(matcher=matcher).to(device)
     # as the LightningModule builds it: fused only at full precision
     opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=precision in FULL_PRECISION)
     inputs, targets = make_batch(batch, SHAPES[shape], device)
@@ -212,10 +215,37 @@ def step_key(device: str, precision: str, shape: str) -> str:
     return f"{device}-{'fp32' if precision == '32-true' else precision}-{shape}-b32"
 
 
-def bench_step(device: str, precision: str, shape: str, batch: int = 32, steps: int = 8) -> dict:
-    step, flops = our_step(device, precision, shape, batch)
+def bench_step(
+    device: str, precision: str, shape: str, batch: int = 32, steps: int = 8, matcher: str = "scipy"
+) -> dict:
+    step, flops = our_step(device, precision, shape, batch, matcher)
     t = median_time(step, repeat=steps, warmup=2)
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
+
+
+def bench_matching(device: str, batch: int = 32, repeat: int = 20) -> dict[str, float]:
+    """Seconds per assignment of a batch (10 queries, 1-5 windows per sample), per solver, the
+    cost matrix and the result's use on the device included."""
+    g = torch.Generator().manual_seed(0)
+    outputs = {
+        "pred_logits": torch.randn(batch, 10, 2, generator=g),
+        "pred_spans": torch.rand(batch, 10, 2, generator=g),
+    }
+    outputs = {k: v.to(device) for k, v in outputs.items()}
+    sizes = torch.randint(1, 6, (batch,), generator=g).tolist()
+    targets = {"span_labels": [{"spans": torch.rand(n, 2, generator=g).to(device)} for n in sizes]}
+    out = {}
+    for solver in SOLVERS:
+        matcher = HungarianMatcher(solver=solver)
+
+        def run(m: HungarianMatcher = matcher) -> None:
+            rows = torch.cat([r.to(device) for r, _ in m(outputs, targets)])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            assert len(rows) == sum(sizes)
+
+        out[solver] = median_time(run, repeat=repeat, warmup=3)
+    return out
 
 
 def _beside_official(src: str, device: str, res: dict, rows: list) -> None:
@@ -281,6 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{100 * r['share_of_matmul_peak']:.0f}%",
                     ]
                 )
+        if device == "cuda":  # the exact on-device matcher in the step
+            key = step_key(device, "32-true", "clotho_moment") + "-enumerate"
+            r = res[key] = bench_step(device, "32-true", "clotho_moment", steps=30, matcher="enumerate")
+            rows.append([key, f"{r['median_s']:.4f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}", ""])
+        for solver, t in bench_matching(device).items():
+            res[f"{device}-matching-{solver}-b32"] = {"median_s": t}
+            rows.append([f"{device} matching only, {solver}, batch 32 x 1-5 windows", f"{t:.4f}", "", "", ""])
         if src:
             _beside_official(src, device, res, rows)
     res["peak_rss_mb"] = peak_rss_mb()

@@ -56,9 +56,10 @@ def test_official_mask_really_depends_on_the_batch(fixture) -> None:
     assert (a["saliency_scores"] - b["saliency_scores"]).abs().max() > 1e-3
 
 
-def test_loss_terms_match_official(fixture) -> None:
+@pytest.mark.parametrize("matcher", ["scipy", "enumerate"])
+def test_loss_terms_match_official(fixture, matcher: str) -> None:
     out = _run(from_official(fixture["state_dict"]), fixture["inputs"])
-    criterion = build_criterion()
+    criterion = build_criterion(matcher=matcher)
     losses = criterion(out, fixture["targets"])
     for k, v in fixture["losses"].items():
         assert float(losses[k]) == pytest.approx(v, rel=1e-5, abs=1e-7), k

@@ -187,12 +187,13 @@ class LossConfig:
     cls: str = "ce"  # class-logit loss: ce (official) | focal | varifocal (IoU-aware targets)
     cls_alpha: float | None = None  # focal/varifocal alpha; None: 0.25 focal, 0.75 varifocal
     cls_gamma: float = 2.0
+    matcher: str = "scipy"  # assignment solver: scipy (official, per sample on the CPU) | enumerate (on device)
 
 
 def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float | str | None) -> SetCriterion:
     """The official criterion; keyword arguments override fields of :class:`LossConfig`."""
     c = LossConfig(**losses)  # type: ignore[arg-type]
-    matcher = HungarianMatcher(cost_class=c.set_cost_class, cost_span=c.set_cost_span, cost_giou=c.set_cost_giou)
+    matcher = HungarianMatcher(c.set_cost_class, c.set_cost_span, c.set_cost_giou, solver=c.matcher)
     weights = official_weight_dict(
         c.span_loss_coef, c.giou_loss_coef, c.label_loss_coef, c.lw_saliency, dec_layers, aux_loss
     )
