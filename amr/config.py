@@ -19,8 +19,8 @@ from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
-from amr.model.matcher import SOLVERS
 from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
+from amr.model.matcher import SOLVERS
 
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
 
