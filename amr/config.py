@@ -148,6 +148,7 @@ class TrainConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)  # name -> Lightning callback (``_target_``)
     paths: PathsCfg = field(default_factory=PathsCfg)
     num_workers: int = 0
+    batches_on_device: bool = False  # features held on the training device, batches built there
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
     init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
     fit: bool = True  # false: only evaluate ``ckpt_path`` on the configured data
@@ -275,6 +276,8 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")
+    if cfg.batches_on_device and cfg.num_workers > 0:
+        raise ValueError("num_workers is not read with batches_on_device=true (batches are built on the device)")
     DecodeCfg(**plain(cfg.decode)).check()
     if cfg.loss.cls == "ce" and (cfg.loss.cls_alpha is not None or cfg.loss.cls_gamma != LossCfg().cls_gamma):
         raise ValueError("loss.cls_alpha and loss.cls_gamma are read only by loss.cls=focal or varifocal")

@@ -67,6 +67,7 @@ def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: Di
         num_workers=cfg.num_workers,
         time_mask=time_mask,
         pivots=pivots,
+        on_device=cfg.batches_on_device,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,11 @@ from torch.utils.data import DataLoader, Sampler
 
 from amr.augment.time_mask import TimeMaskConfig
 from amr.data.dataset import MomentDataset, SplitData, collate
+from amr.data.device_batches import DeviceArrays, DeviceLoader
 from amr.data.features import Layout
 from amr.data.synth import generate
+
+log = logging.getLogger(__name__)
 
 
 class EpochSampler(Sampler[int]):
@@ -61,6 +65,7 @@ class MomentDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         time_mask: TimeMaskConfig | None = None,
         pivots: Sequence[str] = (),
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = data_cfg
@@ -74,6 +79,8 @@ class MomentDataModule(pl.LightningDataModule):
         self.time_mask = time_mask
         self.pivots = list(pivots)
         self.splits: dict[str, MomentDataset] = {}
+        self.on_device = on_device  # batches built on the training device (device_batches.py)
+        self._device_arrays: dict[str, tuple[DeviceArrays, DeviceArrays]] = {}
 
     def load(self) -> None:
         """Validate and open every split (annotations, feature files, packs); idempotent."""
@@ -108,7 +115,25 @@ class MomentDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load()
 
-    def _loader(self, role: str, batch_size: int) -> DataLoader:
+    def _device_loader(self, role: str, batch_size: int) -> DeviceLoader:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if trainer is not None and trainer.world_size > 1:
+            raise ValueError("batches_on_device=true trains in one process; use it with one device")
+        ds = self.splits[role]
+        if role not in self._device_arrays:  # copied once, kept for later stages and tests
+            arrays = self._device_arrays[role] = (
+                DeviceArrays(ds.data.audio, device),
+                DeviceArrays(ds.data.text, device),
+            )
+            size = sum(a.data.numel() * a.data.element_size() for a in arrays) / 2**20
+            log.info("%s batches built on %s (%.1f MB of features held there)", role, device, size)
+        audio, text = self._device_arrays[role]
+        return DeviceLoader(ds, batch_size, EpochSampler(ds, self.seed, shuffle=role == "train"), audio, text)
+
+    def _loader(self, role: str, batch_size: int) -> DataLoader | DeviceLoader:
+        if self.on_device:
+            return self._device_loader(role, batch_size)
         ds = self.splits[role]
         return DataLoader(
             ds,
@@ -120,13 +145,13 @@ class MomentDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )  # keeps the global RNG untouched
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader("train", self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader("val", self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader("test", self.eval_batch_size)
 
     def ground_truth(self, role: str) -> tuple[list[str], list[list[list[float]]]]:

@@ -152,6 +152,20 @@ def make_item(
     }
 
 
+@dataclass
+class ItemPlan:
+    """One item of one epoch without its features: the caption version, the frames, the time mask
+    and the labels drawn for it."""
+
+    index: int
+    query: Query
+    pivot: str | None
+    text: str  # key of the caption version in the text pack
+    n: int  # audio frames after truncation to max_a_l
+    masked: tuple[int, int] | None
+    labels: dict[str, Any] | None  # spans, sal_pos, sal_neg, sal_all (None: unlabelled)
+
+
 class MomentDataset(Dataset):
     """Items in the official format.
 
@@ -212,21 +226,28 @@ class MomentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data.queries)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def plan(self, index: int) -> ItemPlan:
+        """Item ``index`` of this epoch without its features: what :meth:`__getitem__` reads and
+        draws (the device path builds batches from these)."""
         q = self.data.queries[index]
         u = self.draws(index)
         pivot = choose_version(self.versions, u[VERSION])
-        txt = np.array(self.data.text[text_key(q.qid, pivot, self.data.alias)], dtype=np.float32)
-        aud = audio_input(self.data.audio[q.vid][: self.max_a_l])
-        n = len(aud)
-        masked = None
-        if self.time_mask is not None:
-            masked = time_mask_span(n, self.time_mask, u[TIME_MASK])
-            if masked is not None:
-                apply_time_mask(aud, masked)
-        item = make_item(index, q, txt, aud, pivot, masked)
+        n = min(len(self.data.audio[q.vid]), self.max_a_l)
+        masked = time_mask_span(n, self.time_mask, u[TIME_MASK]) if self.time_mask is not None else None
+        labels = None
         if self.with_labels and q.windows is not None:
-            item.update(self._labels(q.windows, n, u[SALIENCY], index))
+            labels = self._labels(q.windows, n, u[SALIENCY], index)
+        return ItemPlan(index, q, pivot, text_key(q.qid, pivot, self.data.alias), n, masked, labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        p = self.plan(index)
+        txt = np.array(self.data.text[p.text], dtype=np.float32)
+        aud = audio_input(self.data.audio[p.query.vid][: self.max_a_l])
+        if p.masked is not None:
+            apply_time_mask(aud, p.masked)
+        item = make_item(index, p.query, txt, aud, p.pivot, p.masked)
+        if p.labels is not None:
+            item.update(p.labels)
         return item
 
     def _labels(self, windows: list[list[float]], n: int, u: Sequence[float], index: int) -> dict[str, Any]:
