@@ -291,3 +291,41 @@ def test_focal_loss_by_hand_and_ce_stays_official() -> None:
     assert torch.equal(ce, ref.mean())
     with pytest.raises(ValueError, match="loss.cls must be one of"):
         build_criterion(cls="softmax")
+
+
+def _rank_term_loop(sal: torch.Tensor, sal_neg: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The official rank term: its loop over levels 1..top (reading the top level back)."""
+    scores = torch.cat([sal, sal_neg], 1)
+    labels = torch.cat([labels, torch.zeros_like(labels)], 1)
+    mask2 = mask.repeat(1, 2)
+    logits = (mask2 * scores + (1.0 - mask2) * -1e3) / 0.5
+    logits = logits - logits.max(1, keepdim=True)[0]
+    log_prob = logits - torch.log(logits.exp().sum(1, keepdim=True) + 1e-6)
+    rank = sal.new_zeros(())
+    for level in range(1, min(int(labels.max().item()), 11) + 1):
+        pos = (labels >= level).to(sal.dtype)
+        mean_log_prob_pos = (pos * log_prob * mask2).sum(1) / (pos.sum(1) + 1e-6)
+        rank = rank + (-mean_log_prob_pos * (pos.sum(1) > 0)).mean()
+    return rank / 12
+
+
+@pytest.mark.parametrize("top", [1, 3, 11])
+def test_saliency_rank_term_needs_no_top_level_from_the_device(top: int) -> None:
+    """All 11 levels at once equal the official loop to the batch's top level (exactly for binary labels)."""
+    g = torch.Generator().manual_seed(top)
+    b, la = 6, 40
+    sal, sal_neg = torch.randn(b, la, generator=g), torch.randn(b, la, generator=g)
+    mask = (torch.arange(la)[None] < torch.randint(10, la + 1, (b, 1), generator=g)).float()
+    labels = torch.randint(0, top + 1, (b, la), generator=g).float() * mask
+    outputs = {"saliency_scores": sal, "saliency_scores_neg": sal_neg, "audio_mask": mask}
+    pos = torch.zeros(b, 2, dtype=torch.long)
+    targets = {"saliency_all_labels": labels, "saliency_pos_labels": pos, "saliency_neg_labels": pos}
+    crit = build_criterion()
+    got = crit.loss_saliency(outputs, targets)["loss_saliency"]
+    hinge = (crit.saliency_margin + sal.gather(1, pos) - sal.gather(1, pos)).clamp(min=0).sum() / (b * 2) * 2
+    neg_pair = (torch.nn.functional.softplus(sal_neg) * mask).sum(1).mean()
+    want = hinge + _rank_term_loop(sal, sal_neg, labels, mask) + neg_pair
+    if top == 1:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

@@ -112,16 +112,15 @@ class SetCriterion(nn.Module):
         logits = scores / self.tau
         logits = logits - logits.max(1, keepdim=True)[0]
         log_prob = logits - torch.log(logits.exp().sum(1, keepdim=True) + 1e-6)
-        rank = sal.new_zeros(())
-        # Official: thresholds 1..11 over the saliency level; binary labels make only level 1 active.
-        # The official code still divides the sum by 12 (its 11 thresholds + 1); kept for parity.
-        top = int(labels.max().item()) if labels.numel() else 0
-        for level in range(1, min(top, 11) + 1):
-            pos = (labels >= level).to(sal.dtype)
-            has_pos = pos.sum(1) > 0
-            mean_log_prob_pos = (pos * log_prob * mask2).sum(1) / (pos.sum(1) + 1e-6)
-            rank = rank + (-mean_log_prob_pos * has_pos).mean()
-        rank = rank / 12
+        # Official: thresholds 1..11 over the saliency level, summed, divided by 12 (its 11 thresholds
+        # + 1; kept for parity). The official loop stops at the batch's top level; the levels above it
+        # have no positives and add exact zeros, so all 11 are taken at once, without reading the top
+        # level back from the device. Binary labels make only level 1 active.
+        levels = torch.arange(1, 12, device=sal.device, dtype=labels.dtype)[:, None, None]
+        pos = (labels[None] >= levels).to(sal.dtype)  # (11, B, 2La)
+        has_pos = pos.sum(2) > 0
+        mean_log_prob_pos = (pos * log_prob * mask2).sum(2) / (pos.sum(2) + 1e-6)
+        rank = (-mean_log_prob_pos * has_pos).mean(1).sum(0) / 12
 
         pos_idx = targets["saliency_pos_labels"].to(sal.device)  # (B, P)
         neg_idx = targets["saliency_neg_labels"].to(sal.device)
