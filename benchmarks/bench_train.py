@@ -4,6 +4,7 @@ matching, backward, grad-clip 0.1 and AdamW, median of 8 steps after 2 warm-ups,
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -279,6 +280,26 @@ def _beside_official(src: str, device: str, res: dict, rows: list) -> None:
         )
 
 
+def table1_hours(pretrain_step_s: float, finetune_step_s: float) -> float:
+    """Training hours of the seed's Table 1 grid from step times (validation and data excluded): 3
+    systems x 3 seeds; per seed 2 pre-trainings (the baseline's; System 1 and 2 share theirs) of 100
+    epochs at batch 32 on Clotho-Moment (32,694 queries) and 3 fine-tunings of 200 epochs at batch
+    16 on CASTELLA (2,182 queries). The CASTELLA step is timed at batch 32: an upper bound."""
+    pre = 2 * 3 * 100 * math.ceil(32_694 / 32) * pretrain_step_s
+    fine = 3 * 3 * 200 * math.ceil(2_182 / 16) * finetune_step_s
+    return (pre + fine) / 3600
+
+
+def _table1(res: dict, device: str, precisions: list[str]) -> dict[str, float]:
+    out = {}
+    for precision in precisions:
+        for suffix in ("", "-enumerate"):
+            cm, cas = (res[step_key(device, precision, s) + suffix]["median_s"] for s in SHAPES)
+            out[f"{precision}{suffix or '-scipy'}"] = hours = table1_hours(cm, cas)
+            print(f"Table 1 grid estimate, {device} {precision}, matcher {suffix[1:] or 'scipy'}: {hours:.1f} h")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
@@ -312,9 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
                     ]
                 )
         if device == "cuda":  # the exact on-device matcher in the step
-            key = step_key(device, "32-true", "clotho_moment") + "-enumerate"
-            r = res[key] = bench_step(device, "32-true", "clotho_moment", steps=30, matcher="enumerate")
-            rows.append([key, f"{r['median_s']:.4f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}", ""])
+            for precision in precisions:
+                for shape in SHAPES:
+                    key = step_key(device, precision, shape) + "-enumerate"
+                    r = res[key] = bench_step(device, precision, shape, steps=30, matcher="enumerate")
+                    rows.append(
+                        [key, f"{r['median_s']:.4f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}", ""]
+                    )
+            res["table1_hours"] = _table1(res, device, precisions)
         for solver, t in bench_matching(device).items():
             res[f"{device}-matching-{solver}-b32"] = {"median_s": t}
             rows.append([f"{device} matching only, {solver}, batch 32 x 1-5 windows", f"{t:.4f}", "", "", ""])
