@@ -148,6 +148,10 @@ def test_castella_like_config_errors_are_one_line(tmp_path) -> None:
     ):
         rc, _, stderr = _run(_cli(clotho, tours, tmp_path / "o", "--set", setting))
         assert rc == 2 and f"{CONFIG}: {message}" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("p_longest: 0.5\n")  # a config of one's own must give every fit value
+    rc, _, stderr = _run(_cli(clotho, tours, tmp_path / "o", "--config", str(partial)))
+    assert rc == 2 and f"{partial}: duration_range_s: " in stderr and "missing mandatory value" in stderr
     assert not (tmp_path / "o").exists()
     rc, stdout, _ = _run(["-m", "amr.cli", "resynth", "fit-castella", str(tmp_path / "missing.jsonl")])
     assert rc == 2

@@ -42,12 +42,14 @@ UNUSED = ("window_s", "hop_s", "mean_gap_s")  # the official recipe's, meaningle
 
 @dataclass(frozen=True)
 class Distributions:
-    duration_range_s: tuple[int, int] = (60, 300)
-    p_longest: float = 0.8
-    queries: tuple[float, ...] = (1.0,)
-    windows: tuple[float, ...] = (1.0,)
-    length_log_mean: float = 1.4
-    length_log_std: float = 1.2
+    """The fit values have no defaults here: they are the config file's (see the module docstring)."""
+
+    duration_range_s: tuple[int, int]
+    p_longest: float
+    queries: tuple[float, ...]
+    windows: tuple[float, ...]
+    length_log_mean: float
+    length_log_std: float
     max_fill: float = 0.9  # a guard, not fit: the events cover at most this share of a recording
     hop_s: int | None = None  # from one background's start to the next; None: back to back
 
@@ -63,8 +65,8 @@ def _probabilities(name: str, p: Sequence[float], path: Path = CONFIG) -> np.nda
 class CastellaLike:
     """The castella-like design (see ``design.Design``)."""
 
+    dist: Distributions
     cfg: RecipeConfig = field(default_factory=RecipeConfig)
-    dist: Distributions = field(default_factory=Distributions)
     name: str = "castella_like"
     feat_dir: str = "castella-like"
     centered: bool = False  # CASTELLA's features: T = whole seconds, frame i covers [i, i + 1)
@@ -143,11 +145,11 @@ class CastellaLike:
 def _typed(kind: type, values: dict[str, Any], path: Path) -> Any:
     """``kind(**values)`` with each value checked against the field's type (lists become tuples)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import ValidationError
+    from omegaconf.errors import MissingMandatoryValue, ValidationError
 
     try:
         obj: Any = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(kind), values))
-    except ValidationError as e:
+    except (ValidationError, MissingMandatoryValue) as e:
         raise InputError(f"{e.full_key}: {str(e).splitlines()[0]}", path) from None
     return replace(obj, **{k: tuple(v) for k, v in vars(obj).items() if isinstance(v, list)})
 
@@ -170,8 +172,8 @@ def load(path: Path = CONFIG, overrides: Sequence[str] = ()) -> CastellaLike:
             why = "is the official recipe's, not used here" if key in UNUSED else "is not a setting"
             raise InputError(f"{key} {why} (settings: {', '.join(sorted(recipe_keys | dist_keys))})", path)
     design = CastellaLike(
-        _typed(RecipeConfig, {str(k): v for k, v in doc.items() if k in recipe_keys}, path),
         _typed(Distributions, {str(k): v for k, v in doc.items() if k in dist_keys}, path),
+        _typed(RecipeConfig, {str(k): v for k, v in doc.items() if k in recipe_keys}, path),
     )
     _check(design.dist, path)
     return design
@@ -229,6 +231,8 @@ def fit(paths: Sequence[Path], max_windows: int = 10) -> dict[str, Any]:
     (rounded to 3 decimals): recording lengths, queries per recording, windows per query (more than
     ``max_windows`` counted as ``max_windows``), and window lengths (windows within the recording)."""
     rows = _rows(paths)
+    if not rows:
+        raise InputError("no annotation lines", paths[0] if paths else Path("."))
     duration = {r["vid"]: int(r["duration"]) for r in rows}
     per_rec = Counter(r["vid"] for r in rows)
     wins = Counter(min(max_windows, len(r["relevant_windows"])) for r in rows)
