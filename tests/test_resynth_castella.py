@@ -205,6 +205,19 @@ def test_walking_tours_as_mp4_are_decoded_once_and_read_like_audio(tmp_path) -> 
     assert got == {k: v for k, v in _tree(tmp_path / "f").items() if not k.startswith(".resynth")} and got
     rc, _, _ = _run(_cli(clotho, tours, tmp_path / "o", "--split", "train", "--limit", "2", kind="official"))
     assert rc == 0 and decoded.stat().st_mtime_ns == mtime
+    # a released recipe's background path maps onto the video as onto its audio
+    recipe = tmp_path / "recipe_test.json"
+    recipe.write_text(
+        json.dumps(
+            [{"name": "a_walk_2.0_62.0", "bg": {"path": ".tmp/test/bg/a_walk/2.0_62.0.wav", "dB": -20}, "fg": []}]
+        )
+    )
+    for name, folder in (("rv", tours), ("rf", flac)):
+        rc, _, stderr = _run(["-m", "amr.cli", "resynth", "replay", str(recipe), "--clotho", str(clotho),
+                              "--walking-tours", str(folder), "--out", str(tmp_path / name)])  # fmt: skip
+        assert rc == 0, stderr
+    wav = "audio/test/a_walk_2.0_62.0.wav"
+    assert (tmp_path / "rv" / wav).read_bytes() == (tmp_path / "rf" / wav).read_bytes()
 
 
 @needs_msclap

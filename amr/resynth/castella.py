@@ -125,11 +125,11 @@ class CastellaLike:
 
     def lines(self, recordings: Sequence[Recording], split: str) -> list[dict]:
         out = []
-        for rec in recordings:
-            for q in sorted({e.query for e in rec.events}):
+        for rec in recordings:  # queries numbered from 1 (a query whose windows did not fit is gone)
+            for number, q in enumerate(sorted({e.query for e in rec.events}), start=1):
                 evs = [e for e in rec.events if e.query == q]
                 out.append({
-                    "qid": f"{rec.vid}_{q + 1}",
+                    "qid": f"{rec.vid}_{number}",
                     "query": evs[0].caption,
                     "duration": int(rec.duration_s),
                     "vid": rec.vid,

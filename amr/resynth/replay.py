@@ -14,7 +14,7 @@ from amr.errors import InputError
 from amr.resynth.design import Official
 from amr.resynth.recipe import Event, RecipeConfig, Recording
 from amr.resynth.run import Job, Output, produce, reporter
-from amr.resynth.sources import AUDIO_SUFFIXES, CLOTHO_SPLITS, Clotho
+from amr.resynth.sources import AUDIO_SUFFIXES, CLOTHO_SPLITS, Clotho, list_videos, readable
 
 RECIPE_SPLITS = {"valid": "val", "val": "val", "test": "test", "train": "train"}
 
@@ -67,7 +67,7 @@ def replay(
     cfg = cfg or RecipeConfig()
     problems, report = reporter(problem)
     entries = _load(recipe)
-    videos = {p.stem: p for p in sorted(walking_tours.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES}
+    videos: dict[str, Path | None] = {p.stem: p for p in list_videos(walking_tours, report)}
     recs = [(e, Recording(e["name"], "", 0.0, float(e["bg"]["dB"]), _events(e), cfg.window_s)) for e in entries]
     clips = {ev.clip: [ev.caption] for _, r in recs for ev in r.events}
     clotho = Clotho(clotho_dir / CLOTHO_SPLITS[out.split], clips, cfg)
@@ -75,9 +75,13 @@ def replay(
     jobs = []
     for entry, rec in recs:
         bg = Path(entry["bg"]["path"])
-        video = videos.get(bg.parent.name)
-        if video is None:
+        if bg.parent.name not in videos:
             report(f"{recipe}: {entry['name']}: background {bg} maps to no recording in {walking_tours}")
+            continue
+        video = videos[bg.parent.name]
+        if video is not None and video.suffix.lower() not in AUDIO_SUFFIXES:  # decoded once, if used
+            video = videos[bg.parent.name] = readable(video, out.root / ".resynth" / "decoded", report)
+        if video is None:
             continue
         bad = [ev for ev in rec.events if clotho.durations.get(ev.clip) != ev.duration]
         if bad:
