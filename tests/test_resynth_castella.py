@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,28 @@ def test_fit_recovers_the_distributions_it_draws_from(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"vid": "a", "duration": 60, "relevant_windows": [[1, 2]]}\n{"vid": "b"}\n')
     with pytest.raises(InputError, match=r"bad.jsonl:2: not an annotation line"):
         fit([tmp_path / "bad.jsonl"])
+
+
+def test_hop_fill_and_window_folding_settings_are_read(tmp_path) -> None:
+    dist = load().dist
+    rng = np.random.default_rng(0)
+    back_to_back = CastellaLike(replace(dist, duration_range_s=(10, 20), p_longest=0.0)).backgrounds(200 * 8, 8, rng)
+    assert all(a[0] + a[1] == b[0] for a, b in zip(back_to_back, back_to_back[1:], strict=False))
+    hopped = CastellaLike(replace(dist, duration_range_s=(10, 20), hop_s=3)).backgrounds(200 * 8, 8, rng)
+    assert [s for s, _ in hopped[:4]] == [0, 24, 48, 72]  # one every 3 s at 8 Hz
+    full = CastellaLike(replace(dist, max_fill=0.2))
+    clips = {f"c{i}": 30.0 for i in range(20)}
+    for seed in range(200):
+        events = full.draw(np.random.default_rng(seed), clips, {k: ["x"] for k in clips}, 100.0)
+        assert sum(e.duration for e in events) <= 20  # at most 20 % of 100 s
+    path = tmp_path / "a.jsonl"
+    windows = [[[i, i + 1 + i % 3] for i in range(0, 5 * n, 5)] for n in (1, 4, 7)]  # 1-3 s long
+    rows = [{"vid": "v", "duration": 60, "relevant_windows": w} for w in windows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert fit([path], max_windows=3)["windows"] == [0.333, 0.0, 0.667]  # 4 and 7 windows counted as 3
+    rc, stdout, _ = _run(["-m", "amr.cli", "resynth", "fit-castella", str(path), "--max-windows", "3"])
+    assert rc == 0 and "windows: [0.333, 0.0, 0.667]" in stdout
+    assert "# window lengths: annotations median 1.5 s, 100.0 % <= 3 s; the fit: median 2 s" in stdout
 
 
 def test_drawn_recordings_have_castellas_shape() -> None:

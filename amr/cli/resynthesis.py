@@ -77,9 +77,11 @@ def _castella_like(args: argparse.Namespace) -> None:
 def _fit(args: argparse.Namespace) -> None:
     import yaml
 
-    from amr.resynth.castella import fit
+    from amr.resynth.castella import fit, length_summary
 
-    print(yaml.safe_dump(fit(args.annotations, args.max_windows), sort_keys=False, default_flow_style=None), end="")
+    fitted = fit(args.annotations, args.max_windows)
+    print(yaml.safe_dump(fitted, sort_keys=False, default_flow_style=None), end="")
+    print(length_summary(args.annotations, fitted["length_log_mean"], fitted["length_log_std"]))
 
 
 def _replay(args: argparse.Namespace) -> None:

@@ -226,6 +226,23 @@ def _length_fit(lengths: np.ndarray) -> tuple[float, float]:
     return float(res.x[0]), float(math.exp(res.x[1]))
 
 
+def _lengths(rows: Sequence[dict]) -> np.ndarray:
+    """Window lengths (s) of annotation rows, the windows within their recording."""
+    return np.array([e - s for r in rows for s, e in r["relevant_windows"] if 0 < e - s <= r["duration"]])
+
+
+def length_summary(paths: Sequence[Path], mu: float, sigma: float) -> str:
+    """One comment line: the annotations' window lengths beside those of the fitted model."""
+    from scipy.stats import norm
+
+    lengths = _lengths(_rows(paths))
+    model = norm.cdf((math.log(3) - mu) / sigma)  # ceil(X) <= 3 exactly when X <= 3
+    return (
+        f"# window lengths: annotations median {np.median(lengths):g} s, {100 * np.mean(lengths <= 3):.1f} % <= 3 s;"
+        f" the fit: median {math.ceil(math.exp(mu))} s, {100 * model:.1f} % <= 3 s"
+    )
+
+
 def fit(paths: Sequence[Path], max_windows: int = 10) -> dict[str, Any]:
     """The distributions of :class:`Distributions` fit to annotation files in the release layout
     (rounded to 3 decimals): recording lengths, queries per recording, windows per query (more than
@@ -236,9 +253,8 @@ def fit(paths: Sequence[Path], max_windows: int = 10) -> dict[str, Any]:
     duration = {r["vid"]: int(r["duration"]) for r in rows}
     per_rec = Counter(r["vid"] for r in rows)
     wins = Counter(min(max_windows, len(r["relevant_windows"])) for r in rows)
-    lengths = np.array([e - s for r in rows for s, e in r["relevant_windows"] if 0 < e - s <= r["duration"]])
     lo, hi = min(duration.values()), max(duration.values())
-    mu, sigma = _length_fit(lengths)
+    mu, sigma = _length_fit(_lengths(rows))
 
     def probs(counts: Counter) -> list[float]:
         total = sum(counts.values())
@@ -250,5 +266,5 @@ def fit(paths: Sequence[Path], max_windows: int = 10) -> dict[str, Any]:
         "queries": probs(Counter(per_rec.values())),
         "windows": probs(wins),
         "length_log_mean": round(mu, 3),
-        "length_log_std": round(sigma, 3),
+        "length_log_std": max(0.001, round(sigma, 3)),  # lengths all alike: a valid (narrow) model
     }
