@@ -135,21 +135,19 @@ def audio_input(frames: np.ndarray) -> np.ndarray:
     return aud
 
 
+META_KEYS = ("qid", "query", "vid", "duration", "pivot", "masked")  # what a batch keeps of each item as is
+
+
+def item_meta(q: Query, pivot: str | None = None, masked: Any = None) -> dict[str, Any]:
+    """An item's fields a batch keeps as they are (its ``meta``)."""
+    return dict(zip(META_KEYS, (q.qid, q.query, q.vid, q.duration, pivot, masked), strict=True))
+
+
 def make_item(
     index: int, q: Query, txt: np.ndarray, aud: np.ndarray, pivot: str | None = None, masked: Any = None
 ) -> dict[str, Any]:
     """An unlabelled item as :func:`collate` takes it (labels are added by the dataset)."""
-    return {
-        "index": index,
-        "qid": q.qid,
-        "query": q.query,
-        "vid": q.vid,
-        "duration": q.duration,
-        "txt": txt,
-        "aud": aud,
-        "pivot": pivot,
-        "masked": masked,
-    }
+    return {"index": index, **item_meta(q, pivot, masked), "txt": txt, "aud": aud}
 
 
 @dataclass
@@ -291,7 +289,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         txt_mask[i, :m] = 1
     batch: dict[str, Any] = {
         "inputs": {"src_txt": txt, "src_txt_mask": txt_mask, "src_aud": aud, "src_aud_mask": aud_mask},
-        "meta": [{k: it[k] for k in ("qid", "query", "vid", "duration", "pivot", "masked")} for it in items],
+        "meta": [{k: it[k] for k in META_KEYS} for it in items],
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         "duration": torch.tensor([float(it["duration"]) for it in items], dtype=torch.float64),
     }

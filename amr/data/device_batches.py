@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amr.data.dataset import ItemPlan, MomentDataset
+from amr.data.dataset import ItemPlan, MomentDataset, item_meta
 from amr.data.packed_store import PackedArrays
 
 
@@ -91,17 +91,7 @@ def build_batch(plans: Sequence[ItemPlan], audio: DeviceArrays, text: DeviceArra
             "src_aud": torch.cat([feats, tef], -1),
             "src_aud_mask": valid.float(),
         },
-        "meta": [
-            {
-                "qid": p.query.qid,
-                "query": p.query.query,
-                "vid": p.query.vid,
-                "duration": p.query.duration,
-                "pivot": p.pivot,
-                "masked": p.masked,
-            }
-            for p in plans
-        ],  # fmt: skip
+        "meta": [item_meta(p.query, p.pivot, p.masked) for p in plans],
         "index": torch.tensor([p.index for p in plans], dtype=torch.long),
         "duration": torch.tensor([float(p.query.duration) for p in plans], dtype=torch.float64),
     }

@@ -90,7 +90,7 @@ def replay(
         sr = sf.info(video).samplerate
         start = float(bg.stem.split("_")[0])
         jobs.append(Job(out.split, 0, video, int(round(start * sr)), sr, int(round(cfg.window_s * sr)), 0, rec))
-    made = produce(out, jobs, clotho, 0, Official(cfg))
+    made, _ = produce(out, jobs, clotho, 0, Official(cfg))
     return {
         "split": out.split,
         "recordings": len(made),

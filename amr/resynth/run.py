@@ -159,7 +159,7 @@ def _settings(root: Path, split: str, doc: dict[str, Any]) -> None:
 
 def labels(root: Path, split: str, recordings: Sequence[Recording], design: Design) -> int:
     """Write the split's annotation file; refused when a qid is taken by another split's file
-    (their text features would share a file). The number of events."""
+    (their text features would share a file). The number of lines (queries)."""
     lines = design.lines(recordings, split)
     path = root / "data" / f"{design.name}_{split}_release.jsonl"
     qids = {ln["qid"] for ln in lines}
@@ -169,7 +169,7 @@ def labels(root: Path, split: str, recordings: Sequence[Recording], design: Desi
                 f"{len(taken)} qids (first {min(taken)}) are taken by {other.name}; use another --out", path
             )
     write_jsonl(path, lines)
-    return sum(len(r.events) for r in recordings)
+    return len(lines)
 
 
 @dataclass
@@ -181,9 +181,9 @@ class Output:
     keep_audio: bool = False
 
 
-def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, design: Design) -> list[Recording]:
+def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, design: Design) -> tuple[list[Recording], int]:
     """Make every job's recording (skipping finished ones), then the labels (and text features);
-    the recordings."""
+    the recordings and the number of queries."""
     cfg = design.cfg
     args = (clotho, seed, design, out.root, out.features is None or out.keep_audio, out.features is not None)
     recordings = [recording_of(j, clotho, seed, design) for j in jobs]
@@ -196,10 +196,10 @@ def produce(out: Output, jobs: Sequence[Job], clotho: Clotho, seed: int, design:
             write_json(_marker(out.root, out.split, vid), asdict(by_vid[vid]))
 
     _run_jobs(jobs, out.workers, args, done)
-    labels(out.root, out.split, recordings, design)
+    queries = labels(out.root, out.split, recordings, design)
     if out.features is not None:
         out.features.text(out.split)
-    return recordings
+    return recordings, queries
 
 
 def reporter(problem: Callable[[str], None] | None) -> tuple[list[str], Callable[[str], None]]:
@@ -242,12 +242,12 @@ def resynth_split(
         raise InputError("no usable clip (every one missing, unreadable or silent)", clotho.folder)
     digest = hashlib.sha256(json.dumps(sorted(clotho.durations.items())).encode()).hexdigest()
     _settings(out.root, out.split, {"clips": digest})
-    recordings = produce(out, jobs, clotho, seed, design)
+    recordings, queries = produce(out, jobs, clotho, seed, design)
     return {
         "split": out.split,
         "recordings": len(recordings),
         "events": sum(len(r.events) for r in recordings),
-        "queries": len(design.lines(recordings, out.split)),
+        "queries": queries,
         "hours": sum(r.duration_s for r in recordings) / 3600,
         "clips": len(clotho.durations),
         "dropped_clips": len(captions) - len(clotho.durations),
