@@ -22,6 +22,7 @@ from amr.model.criterion import CLS_LOSSES
 from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 from amr.model.matcher import SOLVERS
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
 
 
@@ -149,6 +150,9 @@ class TrainConfig:
     paths: PathsCfg = field(default_factory=PathsCfg)
     num_workers: int = 0
     batches_on_device: bool = False  # features held on the training device, batches built there
+    fixed_shapes: bool = False  # every batch of a split padded to one shape (CUDA graphs, stacked runs)
+    stacked_runs: int = 1  # N > 1: seeds seed .. seed + N - 1 trained as one stacked model
+    compile: str | None = None  # torch.compile mode for the network: default | reduce-overhead (CUDA graphs) | ...
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
     init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
     fit: bool = True  # false: only evaluate ``ckpt_path`` on the configured data
@@ -224,6 +228,28 @@ def _validate_numbers(cfg: DictConfig) -> None:
             raise ValueError(f"{name}.max_epochs must be >= 0, got {stage.max_epochs}")
 
 
+def _validate_stacked(cfg: DictConfig) -> None:
+    n = cfg.stacked_runs
+    if n < 1:
+        raise ValueError(f"stacked_runs must be >= 1, got {n}")
+    if n == 1:
+        return
+    if not cfg.fixed_shapes:
+        raise ValueError("stacked_runs > 1 needs fixed_shapes=true: the members' batches are stacked into one shape")
+    if not cfg.fit:
+        raise ValueError("stacked_runs is for training; evaluate a member's checkpoint with stacked_runs=1")
+    devices = cfg.trainer.get("devices", "auto")
+    if cfg.trainer.get("strategy") not in (None, "auto") or devices not in ("auto", 1, -1) and devices != [0]:
+        raise ValueError("stacked_runs trains in one process on one device (set trainer.devices=1)")
+    if cfg.trainer.get("gradient_clip_algorithm", "norm") != "norm":
+        raise ValueError("stacked_runs clips each member's gradients by norm only (gradient_clip_algorithm=norm)")
+    extra = [k for k, v in plain(cfg.callbacks).items() if "ProgressBar" not in str(v.get("_target_"))]
+    if extra:
+        raise ValueError(
+            f"stacked_runs takes no extra callbacks (callbacks: {', '.join(extra)}); train those runs alone"
+        )
+
+
 def stages_of(cfg: DictConfig) -> tuple[str, ...]:
     """The stages this run has: ``finetune`` always (a run without pre-training has that one
     stage), ``pretrain`` before it when enabled."""
@@ -276,6 +302,11 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")
+    _validate_stacked(cfg)
+    if cfg.get("compile") is not None:
+        _in(cfg.compile, COMPILE_MODES, "compile")
+        if cfg.stacked_runs > 1:
+            raise ValueError("compile is not applied to stacked runs (the network runs under vmap there); drop one")
     if cfg.batches_on_device and cfg.num_workers > 0:
         raise ValueError("num_workers is not read with batches_on_device=true (batches are built on the device)")
     DecodeCfg(**plain(cfg.decode)).check()

@@ -71,6 +71,10 @@ def pretrain_key(cfg: DictConfig) -> str:
         "seed": cfg.seed,
         "trainer": trainer,
     }
+    if cfg.get("fixed_shapes"):  # dropout draws over the padded shape; only when set, as above
+        ident["fixed_shapes"] = True
+    if cfg.get("compile"):  # other kernels (and on the CPU another dropout draw)
+        ident["compile"] = cfg.compile
     if callbacks:  # only when present, so that the keys of runs without callbacks stay as they were
         ident["callbacks"] = callbacks
     if cfg.get("decode") is not None and cfg.decode.name != "detr":  # it picks the best epoch; detr keeps old keys
@@ -104,21 +108,67 @@ def fetch_or_train(
         _acquire(lock, key)
     try:
         if (final / "best.ckpt").is_file():
-            log.info("[pretrain] reusing cached stage %s", final)
-            info = json.loads((final / "stage.json").read_text()) if (final / "stage.json").is_file() else {}
-            return CachedStage(final / "best.ckpt", key, info.get("wandb_run"))
+            return _cached(final, key)
         work = cache / f"{key}.partial"
         resume = work / "checkpoints" / "last.ckpt"
         best, val, run_id = train_stage(work, resume if resume.is_file() else None)
         if not is_rank_zero():
             return CachedStage(best, key, run_id)
-        # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
-        os.replace(best, work / "best.ckpt")
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
-        config = OmegaConf.to_container(cfg, resolve=True)
-        write_json(work / "stage.json", {"key": key, "val": val, "wandb_run": run_id, "config": config})
-        os.rename(work, final)  # under the lock: nobody else finished it meanwhile
-        return CachedStage(final / "best.ckpt", key, run_id)
+        return _store(cfg, key, work, best, val, run_id)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _store(cfg: DictConfig, key: str, work: Path, best: Path, val: dict[str, Any], run_id: str | None) -> CachedStage:
+    """Turn a trained work folder into the cache entry (under the key's lock)."""
+    final = Path(cfg.paths.pretrain_cache) / key
+    # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
+    os.replace(best, work / "best.ckpt")
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_json(work / "stage.json", {"key": key, "val": val, "wandb_run": run_id, "config": config})
+    os.rename(work, final)  # under the lock: nobody else finished it meanwhile
+    return CachedStage(final / "best.ckpt", key, run_id)
+
+
+def _cached(final: Path, key: str) -> CachedStage:
+    log.info("[pretrain] reusing cached stage %s", final)
+    info = json.loads((final / "stage.json").read_text()) if (final / "stage.json").is_file() else {}
+    return CachedStage(final / "best.ckpt", key, info.get("wandb_run"))
+
+
+TrainMany = Callable[[list[DictConfig], list[Path], Path, Path | None], list[tuple[Path, dict[str, Any], str | None]]]
+
+
+def fetch_or_train_many(cfgs: list[DictConfig], train_stages: TrainMany) -> list[CachedStage]:
+    """:func:`fetch_or_train` for several configs (stacked runs: one per seed) at once: the stages
+    not cached yet are trained together by ``train_stages(cfgs, work_dirs, stacked_dir, resume)``
+    (one work folder each, and ``stacked_dir`` for their shared state), holding every key's lock
+    (taken in key order, so two such jobs cannot wait on each other). A resumed job resumes the
+    shared state only when the same stages are missing as when it stopped."""
+    keys = [pretrain_key(c) for c in cfgs]
+    cache = Path(cfgs[0].paths.pretrain_cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    locks = {k: FileLock(str(cache / f"{k}.lock")) for k in sorted(set(keys))}
+    try:
+        for k, lock in locks.items():
+            _acquire(lock, k)
+        missing = [i for i, k in enumerate(keys) if not (cache / k / "best.ckpt").is_file()]
+        trained: dict[int, CachedStage] = {}
+        if missing:
+            works = [cache / f"{keys[i]}.partial" for i in missing]
+            shared = works[0] / "stacked"
+            members = {"keys": [keys[i] for i in missing]}
+            last = shared / "checkpoints" / "last.ckpt"
+            same = (shared / "members.json").is_file() and json.loads((shared / "members.json").read_text()) == members
+            write_json(shared / "members.json", members)
+            done = train_stages([cfgs[i] for i in missing], works, shared, last if same and last.is_file() else None)
+            shutil.rmtree(shared, ignore_errors=True)  # the shared state is spent once every entry is stored
+            for i, work, (best, val, run_id) in zip(missing, works, done, strict=True):
+                trained[i] = _store(cfgs[i], keys[i], work, best, val, run_id)
+        return [trained[i] if i in trained else _cached(cache / k, k) for i, k in enumerate(keys)]
+    finally:
+        for lock in locks.values():
+            if lock.is_locked:
+                lock.release()

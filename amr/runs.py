@@ -12,7 +12,10 @@ import os
 import re
 
 # overrides that never make a system: where files go, how it is logged, which seed, resuming
-NOT_SYSTEM = ("hydra", "paths", "logger", "callbacks", "seed", "experiment", "ckpt_path", "fit", "num_workers", "tags")
+NOT_SYSTEM = (
+    "hydra", "paths", "logger", "callbacks", "seed", "experiment", "ckpt_path", "fit", "num_workers", "tags",
+    "stacked_runs",
+)  # fmt: skip
 SWEEP_KEYS_ENV = "AMR_SWEEP_KEYS"  # set by amr-train -m: the keys the sweep varies
 MAX_TAG = 64  # W&B's limit on a tag's length
 

@@ -7,6 +7,9 @@ fresh tensors ran at half speed. Keeping them on the heap and never trimming it 
 be reused at once (the resident size stays at the peak of a step instead of shrinking between
 steps). Applied by ``amr-train`` and the benchmarks; a no-op where the C library has no
 ``mallopt`` (non-glibc systems) or with ``AMR_TUNE_MALLOC=0``.
+
+Also the seed of each training step's generator (:func:`step_seed`), shared by a run alone and
+the members of stacked runs.
 """
 
 from __future__ import annotations
@@ -42,3 +45,10 @@ def tune_allocator() -> bool:
     _done = ok
     log.debug("allocator tuning %s", "applied" if ok else "refused")
     return ok
+
+
+def step_seed(seed: int, epoch: int, batch_idx: int) -> int:
+    """The seed of torch's generator for a training step: each step's dropout depends on (seed,
+    epoch, batch) alone, so a resumed run, and a stacked member, draw what an uninterrupted run
+    alone draws."""
+    return (seed * 1_000_003 + epoch) * 100_003 + batch_idx

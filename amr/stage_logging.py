@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
 from amr.runs import sweep_keys, system_name, tags
+from amr.runtime import step_seed
 
 log = logging.getLogger("amr.train")
 # Lightning's per-Trainer notices (device lines, tips) and its model summary: once per process
@@ -54,7 +55,7 @@ class StepSeed(Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch) * 100_003 + batch_idx)
+        torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
 
 
 def keep_csv_of_earlier_attempts(csv_dir: Path) -> None:

@@ -68,14 +68,19 @@ def _datamodule(cfg: DictConfig, stage: str, data_cfg: DictConfig, stage_cfg: Di
         time_mask=time_mask,
         pivots=pivots,
         on_device=cfg.batches_on_device,
+        fixed_shapes=cfg.fixed_shapes,
     )
 
 
 def _module(cfg: DictConfig) -> MomentRetrievalModule:
-    """The training module of this config: the network, criterion and optimiser settings."""
-    return MomentRetrievalModule(
+    """The training module of this config: the network, criterion and optimiser settings; the
+    network compiled (``compile=MODE``, one shape per split with ``fixed_shapes``) when set."""
+    module = MomentRetrievalModule(
         model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim), decode=plain(cfg.decode)
     )
+    if cfg.get("compile"):
+        module.model.compile(mode=cfg.compile, dynamic=False)  # in place: parameter names unchanged
+    return module
 
 
 def _trainer(
@@ -288,12 +293,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, searched=_search_space())
     out_dir = Path(cfg.paths.output_dir)
     resume = _resume_point(cfg, out_dir)
+    if cfg.stacked_runs > 1:
+        from amr.train_stacked import train_stacked
+
+        return train_stacked(cfg, out_dir, resume)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     result, start = _main_stage(cfg, out_dir, resume)
-    if not is_rank_zero():
-        return result.results
+    if is_rank_zero():
+        finish_run(cfg, out_dir, result, start)
+    return result.results
+
+
+def finish_run(
+    cfg: DictConfig, out_dir: Path, result: StageResult, start: dict[str, Any], overrides: list[str] | None = None
+) -> None:
+    """A finished run's ``run.json`` and ``test_metrics.json`` (what ``amr report`` reads), and its
+    results table in the log. ``overrides``: the job's, unless given."""
     layout = Layout(Path(cfg.data.root), cfg.data.name, cfg.data.feat_dir)
-    overrides = job_overrides()
+    overrides = job_overrides() if overrides is None else overrides
     write_json(
         out_dir / "run.json",
         {
@@ -312,13 +329,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         write_metrics(out_dir / "test_metrics.json", result.results["test"])
     log.info(
-        "\n%s (%s, checkpoint %s):\n%s\n",
+        "\n%s (%s%s, checkpoint %s):\n%s\n",
         cfg.experiment_name,
+        "" if cfg.stacked_runs == 1 else f"seed {cfg.seed}, ",
         MAIN_STAGE,
         result.best_ckpt.name,
         results_table(result.results),
     )
-    return result.results
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

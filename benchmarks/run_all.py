@@ -13,6 +13,7 @@ BENCHMARKS = (
     ("re-synthesis", "bench_resynth"),
     ("report", "bench_report"),
     ("train step", "bench_train"),
+    ("stacked runs", "bench_stacked"),
     ("back-translation", "bench_backtranslate"),
 )
 

@@ -5,6 +5,7 @@ training run gives the same metrics either way."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
@@ -40,8 +41,8 @@ def castella(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synth"), "castella", seed=5, scale=0.05)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_device_batches_equal_the_dataloaders(castella, tmp_path, train: bool) -> None:
+@pytest.mark.parametrize(("train", "fixed"), [(True, False), (False, False), (True, True)])
+def test_device_batches_equal_the_dataloaders(castella, tmp_path, train: bool, fixed: bool) -> None:
     data = SplitData.load(castella, "train", tmp_path / "cache", dtype="float16", pivots=PIVOTS if train else ())
     ds = MomentDataset(
         data,
@@ -53,10 +54,15 @@ def test_device_batches_equal_the_dataloaders(castella, tmp_path, train: bool) -
         pivots=PIVOTS if train else (),
     )
     cpu = torch.device("cpu")
-    ref = DataLoader(ds, batch_size=7, sampler=EpochSampler(ds, 4, shuffle=train), collate_fn=collate)
+    shape = ds.fixed_shape() if fixed else None
+    collate_fn = partial(collate, shape=shape)
+    ref = DataLoader(ds, batch_size=7, sampler=EpochSampler(ds, 4, shuffle=train), collate_fn=collate_fn)
     dev = DeviceLoader(
-        ds, 7, EpochSampler(ds, 4, shuffle=train), DeviceArrays(data.audio, cpu), DeviceArrays(data.text, cpu)
+        ds, 7, EpochSampler(ds, 4, shuffle=train), DeviceArrays(data.audio, cpu), DeviceArrays(data.text, cpu), shape
     )
+    if fixed:  # the split's longest recording (cut at max_a_l) and its longest caption version
+        longest = max(len(data.audio[q.vid]) for q in data.queries)
+        assert shape == (min(longest, 100), max(len(data.text[k]) for k in data.text.index))
     assert len(dev) == len(ref)
     seen = {"pivot": 0, "masked": 0, "truncated": 0}
     for epoch in (0, 3):
@@ -64,6 +70,10 @@ def test_device_batches_equal_the_dataloaders(castella, tmp_path, train: bool) -
         dev.sampler.set_epoch(epoch)
         for a, b in zip(ref, dev, strict=True):
             _same(a, b, f"epoch {epoch}")
+            if fixed:  # every batch in the one shape, padding zero and masked out
+                assert tuple(a["inputs"]["src_aud"].shape[1:]) == (shape[0], 770)  # type: ignore[index]
+                assert a["inputs"]["src_txt"].shape[1] == shape[1]  # type: ignore[index]
+                assert a["targets"]["saliency_all_labels"].shape[1] == shape[0]  # type: ignore[index]
             seen["pivot"] += sum(m["pivot"] is not None for m in a["meta"])
             seen["masked"] += sum(m["masked"] is not None for m in a["meta"])
             seen["truncated"] += int(a["inputs"]["src_aud"].shape[1] == 100)

@@ -94,6 +94,8 @@ def test_typos_fail_at_composition(root, override, error) -> None:
         ("model.t2v_mask=sometimes", "model.t2v_mask must be one of"),
         ("+trainer.max_epochs=3", "trainer.max_epochs is not read: set pretrain.max_epochs and train.max_epochs"),
         ("train.max_epochs=-1", "train.max_epochs must be >= 0"),
+        ("stacked_runs=0", "stacked_runs must be >= 1"),
+        ("stacked_runs=2", "stacked_runs > 1 needs fixed_shapes=true"),
     ],
 )
 def test_out_of_range_values_fail_before_training(root, override, message) -> None:
@@ -111,17 +113,31 @@ def test_existing_run_folder_is_never_overwritten(root) -> None:
     assert (out / "checkpoints" / "best.ckpt").read_text() == "precious"
 
 
-def test_resume_reaches_the_same_result(root) -> None:
-    common = ["experiment=castella_only", "trainer.deterministic=true"]
-    full = train(_cfg(root, "full", *common, "train.max_epochs=2"))
-    train(_cfg(root, "resumed", *common, "train.max_epochs=1"))
-    resumed = train(_cfg(root, "resumed", *common, "train.max_epochs=2", "ckpt_path=last"))
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["fixed_shapes=true"], ["fixed_shapes=true", "stacked_runs=2"]],
+    ids=["default", "fixed_shapes", "stacked"],
+)
+def test_resume_reaches_the_same_result(root, extra: list[str]) -> None:
+    common = ["experiment=castella_only", "trainer.deterministic=true", *extra]
+    name = "_".join(["resume", *extra]).replace("=", "")
+    full = train(_cfg(root, f"{name}_full", *common, "train.max_epochs=2"))
+    train(_cfg(root, f"{name}_resumed", *common, "train.max_epochs=1"))
+    resumed = train(_cfg(root, f"{name}_resumed", *common, "train.max_epochs=2", "ckpt_path=last"))
     assert resumed == full
-    a = torch.load(root / "runs" / "full" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(root / "runs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(root / "runs" / f"{name}_full" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(root / "runs" / f"{name}_resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 1
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])
+    if "stacked_runs=2" in extra:  # each member's run folder: the same figures and best weights
+        assert len(a["state_dict"]["stacked.class_embed__weight"]) == 2
+        for seed in (2023, 2024):
+            f, r = (root / "runs" / f"{name}_{kind}" / f"seed={seed}" for kind in ("full", "resumed"))
+            assert (f / "test_metrics.json").read_text() == (r / "test_metrics.json").read_text()
+            wf, wr = (torch.load(d / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"] for d in (f, r))
+            for k in wf:
+                torch.testing.assert_close(wf[k], wr[k])
 
 
 def test_pretrain_is_cached_across_finetune_changes(root, caplog) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class MomentDataModule(pl.LightningDataModule):
         time_mask: TimeMaskConfig | None = None,
         pivots: Sequence[str] = (),
         on_device: bool = False,
+        fixed_shapes: bool = False,
     ) -> None:
         super().__init__()
         self.cfg = data_cfg
@@ -81,6 +83,14 @@ class MomentDataModule(pl.LightningDataModule):
         self.splits: dict[str, MomentDataset] = {}
         self.on_device = on_device  # batches built on the training device (device_batches.py)
         self._device_arrays: dict[str, tuple[DeviceArrays, DeviceArrays]] = {}
+        self.fixed_shapes = fixed_shapes  # every batch of a split in one shape (MomentDataset.fixed_shape)
+
+    def share_device_arrays(self, other: MomentDataModule) -> None:
+        """Use ``other``'s device copies of the packs (the same dataset: stacked runs hold one)."""
+        self._device_arrays = other._device_arrays
+
+    def _shape(self, role: str) -> tuple[int, int] | None:
+        return self.splits[role].fixed_shape() if self.fixed_shapes else None
 
     def load(self) -> None:
         """Validate and open every split (annotations, feature files, packs); idempotent."""
@@ -129,7 +139,8 @@ class MomentDataModule(pl.LightningDataModule):
             size = sum(a.data.numel() * a.data.element_size() for a in arrays) / 2**20
             log.info("%s batches built on %s (%.1f MB of features held there)", role, device, size)
         audio, text = self._device_arrays[role]
-        return DeviceLoader(ds, batch_size, EpochSampler(ds, self.seed, shuffle=role == "train"), audio, text)
+        sampler = EpochSampler(ds, self.seed, shuffle=role == "train")
+        return DeviceLoader(ds, batch_size, sampler, audio, text, self._shape(role))
 
     def _loader(self, role: str, batch_size: int) -> DataLoader | DeviceLoader:
         if self.on_device:
@@ -139,7 +150,7 @@ class MomentDataModule(pl.LightningDataModule):
             ds,
             batch_size=batch_size,
             sampler=EpochSampler(ds, self.seed, shuffle=role == "train"),
-            collate_fn=collate,
+            collate_fn=partial(collate, shape=self._shape(role)),
             num_workers=self.num_workers,
             drop_last=False,
             generator=torch.Generator().manual_seed(self.seed),

@@ -224,6 +224,14 @@ class MomentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data.queries)
 
+    def fixed_shape(self) -> tuple[int, int]:
+        """(audio frames, text tokens) every batch of this split fits: its longest recording (at
+        most ``max_a_l``) and its longest caption version. Padding beyond a batch's own maximum
+        leaves the network's outputs at valid positions unchanged, official T2V mask included (the
+        extra positions are padding in every sample); only dropout draws over a larger tensor."""
+        longest = int(np.diff(self.data.audio.offsets).max(initial=1))
+        return min(longest, self.max_a_l), int(np.diff(self.data.text.offsets).max(initial=1))
+
     def plan(self, index: int) -> ItemPlan:
         """Item ``index`` of this epoch without its features: what :meth:`__getitem__` reads and
         draws (the device path builds batches from these)."""
@@ -272,11 +280,11 @@ class MomentDataset(Dataset):
         return {"spans": spans, "sal_pos": pos, "sal_neg": neg, "sal_all": sal}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Zero-pad to the batch maximum; float masks (1 = valid); official target format."""
+def collate(items: list[dict[str, Any]], shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Zero-pad to the batch maximum, or to ``shape`` = (audio frames, text tokens) when given (see
+    :meth:`MomentDataset.fixed_shape`); float masks (1 = valid); official target format."""
     b = len(items)
-    la = max(len(it["aud"]) for it in items)
-    lt = max(len(it["txt"]) for it in items)
+    la, lt = shape or (max(len(it["aud"]) for it in items), max(len(it["txt"]) for it in items))
     aud = torch.zeros(b, la, items[0]["aud"].shape[1])
     txt = torch.zeros(b, lt, items[0]["txt"].shape[1])
     aud_mask = torch.zeros(b, la)

@@ -63,8 +63,11 @@ def _targets(plans: Sequence[ItemPlan], steps: Tensor, device: torch.device) -> 
     }
 
 
-def build_batch(plans: Sequence[ItemPlan], audio: DeviceArrays, text: DeviceArrays) -> dict[str, Any]:
-    """The batch :func:`collate` makes of these items, built on the arrays' device."""
+def build_batch(
+    plans: Sequence[ItemPlan], audio: DeviceArrays, text: DeviceArrays, shape: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The batch :func:`collate` makes of these items (padded to ``shape`` when given), built on
+    the arrays' device."""
     device = audio.device
     a = [audio.span(p.query.vid) for p in plans]
     t = [text.span(p.text) for p in plans]
@@ -75,7 +78,7 @@ def build_batch(plans: Sequence[ItemPlan], audio: DeviceArrays, text: DeviceArra
         dtype=torch.int64,
     )  # fmt: skip
     first, n, t_first, t_len, m_start, m_len = host.to(device, non_blocking=True)
-    la, lt = max(p.n for p in plans), max(x[1] for x in t)
+    la, lt = shape or (max(p.n for p in plans), max(x[1] for x in t))
     feats, valid = _gather(audio, first, n, la)
     steps = torch.arange(la, device=device)
     masked = (steps[None] >= m_start[:, None]) & (steps[None] < (m_start + m_len)[:, None])
@@ -105,10 +108,16 @@ class DeviceLoader:
     ``EpochSampler``: Lightning sets its epoch, as for a DataLoader's)."""
 
     def __init__(
-        self, ds: MomentDataset, batch_size: int, sampler: Any, audio: DeviceArrays, text: DeviceArrays
+        self,
+        ds: MomentDataset,
+        batch_size: int,
+        sampler: Any,
+        audio: DeviceArrays,
+        text: DeviceArrays,
+        shape: tuple[int, int] | None = None,
     ) -> None:
         self.dataset, self.batch_size, self.sampler = ds, batch_size, sampler
-        self.audio, self.text = audio, text
+        self.audio, self.text, self.shape = audio, text, shape
         self.batch_sampler = None  # read by Lightning (as a DataLoader's: the order is the sampler's)
 
     def __len__(self) -> int:
@@ -117,4 +126,5 @@ class DeviceLoader:
     def __iter__(self):  # type: ignore[no-untyped-def]
         order = list(iter(self.sampler))
         for i in range(0, len(order), self.batch_size):
-            yield build_batch([self.dataset.plan(j) for j in order[i : i + self.batch_size]], self.audio, self.text)
+            plans = [self.dataset.plan(j) for j in order[i : i + self.batch_size]]
+            yield build_batch(plans, self.audio, self.text, self.shape)

@@ -34,7 +34,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, nhead: int, blocked: Tensor | None, 
         (B, Lq, H*Dv).
     """
     qh, kh, vh = _heads(q, nhead), _heads(k, nhead), _heads(v, nhead)
-    if dropout > 0.0 and qh.device.type == "cpu" and qh.dtype == torch.float32:
+    if dropout > 0.0 and qh.device.type == "cpu" and qh.dtype == torch.float32 and not torch.compiler.is_compiling():
         # CPU training: the fused kernel has no dropout and its fallback draws with bernoulli_;
         # the same computation with the cheaper dropout draw of amr.model.dropout
         b, h, lq, dk = qh.shape
@@ -42,7 +42,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, nhead: int, blocked: Tensor | None, 
         if blocked is None:
             bias = qh.new_zeros(1, 1, 1)
         else:  # -inf where blocked, added inside the product (baddbmm)
-            bias = torch.zeros(blocked.shape, dtype=qh.dtype).masked_fill_(blocked, float("-inf"))
+            bias = torch.zeros(blocked.shape, dtype=qh.dtype).masked_fill(blocked, float("-inf"))
             bias = bias.expand(b, h, *bias.shape[2:]).reshape(b * h, *bias.shape[2:])
         scores = torch.baddbmm(
             bias, qh.reshape(b * h, lq, dk), kh.reshape(b * h, lk, dk).transpose(1, 2), alpha=dk**-0.5

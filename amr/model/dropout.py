@@ -17,6 +17,10 @@ dtypes, the framework's fused dropout is used.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -38,10 +42,11 @@ def _fill(seed: int, threshold: int, out: np.ndarray) -> None:
         out[ties] = low >= t_low
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> Tensor:
-    """float32 0/1 mask, 1 with probability 1 - p (the 1 / (1 - p) scale is applied with it)."""
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> Tensor:
+    """float32 0/1 mask, 1 with probability 1 - p (the 1 / (1 - p) scale is applied with it); its
+    seed is drawn from ``generator`` (default: torch's global one)."""
     out = torch.empty(shape, dtype=torch.float32)
-    seed = int(torch.randint(0, 2**62, (1,)).item())
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     _fill(seed, min(round(p * 2**32), 2**32 - 1), out.view(-1).numpy())
     return out
 
@@ -67,11 +72,64 @@ class _DropoutFn(torch.autograd.Function):
         return torch.addcmul(_ZERO, grad, mask, value=ctx.scale), None
 
 
+_member_streams: list[torch.Generator] | None = None  # set while stacked runs train (see below)
+
+
+@contextmanager
+def member_streams(generators: list[torch.Generator]) -> Iterator[None]:
+    """Inside, dropout runs under ``torch.func.vmap`` over N stacked members, member m drawing its
+    masks from ``generators[m]``. On the CPU in float32 a member's masks are those a run alone
+    draws from the global generator in the same state: N stacked runs drop what N runs drop."""
+    global _member_streams
+    before, _member_streams = _member_streams, list(generators)
+    try:
+        yield
+    finally:
+        _member_streams = before
+
+
+def _member_mask(shape: torch.Size, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
+    if _fast(like):
+        return keep_mask(shape, p, gen)
+    return (torch.rand(shape, generator=gen, device=like.device) >= p).to(like.dtype)
+
+
+class _MemberMasks(torch.autograd.Function):
+    """Keep masks of x's shape, one per vmapped member, each from that member's stream."""
+
+    @staticmethod
+    def forward(x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        return _member_mask(x.shape, p, cast(torch.Generator, None), x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Tensor) -> None:
+        ctx.mark_non_differentiable(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None]:  # type: ignore[override]
+        return None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple, x: Tensor, p: float) -> tuple[Tensor, int]:  # type: ignore[override]
+        streams = _member_streams or []
+        if info.batch_size != len(streams):
+            raise RuntimeError(f"dropout under vmap over {info.batch_size} members with {len(streams)} streams")
+        x = x.movedim(in_dims[0], 0)
+        return torch.stack([_member_mask(x.shape[1:], p, g, x) for g in streams]), 0
+
+
+def stacked() -> bool:
+    """True inside :func:`member_streams` (the model runs under vmap: CPU-only shortcuts are off)."""
+    return _member_streams is not None
+
+
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Functional form of :class:`Dropout`."""
     if not training or p == 0.0:
         return x
-    if not _fast(x):
+    if _member_streams is not None:
+        return torch.addcmul(_ZERO, x, _MemberMasks.apply(x, p), value=1.0 / (1.0 - p))
+    if not _fast(x) or torch.compiler.is_compiling():  # a compiled graph: the framework's, traceable
         return nn.functional.dropout(x, p, True)
     return _DropoutFn.apply(x, p)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from amr.model.dropout import stacked
+
 
 class _PReLUFn(torch.autograd.Function):
     @staticmethod
@@ -31,6 +33,13 @@ class PReLU(nn.PReLU):
     """``nn.PReLU()`` (one learnable slope, init 0.25) with the fast CPU backward."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.weight.numel() == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled():
+        if (
+            not stacked()
+            and not torch.compiler.is_compiling()
+            and self.weight.numel() == 1
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and torch.is_grad_enabled()
+        ):
             return _PReLUFn.apply(x, self.weight)
         return super().forward(x)

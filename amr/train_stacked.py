@@ -1,0 +1,229 @@
+"""``amr-train stacked_runs=N``: the runs of seeds ``seed .. seed + N - 1`` of one system, trained as
+one stacked model (:mod:`amr.stacked`) and written as N ordinary run folders ``<run>/seed=<s>/``
+(checkpoints, predictions, logs, ``run.json``, ``test_metrics.json``) that ``amr report`` reads
+as N runs. ``<run>/checkpoints/last.ckpt`` holds the stacked state (``ckpt_path=last`` resumes
+it). A pre-training stage is fetched from the cache, or trained, per member, as a run alone does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from amr.checkpoints import AtomicCheckpointIO, load_weights
+from amr.config import plain
+from amr.errors import InputError
+from amr.io import write_json
+from amr.launch import TAKEN, holds_run
+from amr.pretrain_cache import CachedStage, fetch_or_train_many
+from amr.runs import override_key
+from amr.stacked import StackedDataModule, StackedModule, write_member_weights
+from amr.stage_logging import (
+    StepSeed,
+    finish_wandb,
+    first_stage_of_process,
+    job_overrides,
+    stage_loggers,
+    wandb_run_id,
+)
+from amr.train import (
+    MAIN_STAGE,
+    StageResult,
+    _datamodule,
+    _evaluate_best,
+    _module,
+    _trainer,
+    finish_run,
+)
+
+log = logging.getLogger("amr.train")
+
+
+def member_configs(cfg: DictConfig, out_dir: Path) -> list[DictConfig]:
+    """Member m: the same config with ``seed + m``, writing to ``<run>/seed=<seed + m>``."""
+    members = []
+    for m in range(cfg.stacked_runs):
+        c = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+        with open_dict(c):
+            c.seed = cfg.seed + m
+            c.paths.output_dir = str(out_dir / f"seed={cfg.seed + m}")
+        members.append(c)
+    return members
+
+
+def _stacked_pretrain(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) -> list[CachedStage]:
+    """Each member's pre-training: from the cache, the missing ones trained stacked (then cached);
+    with ``reuse_pretrain=false`` all trained stacked in the run folders, not cached."""
+
+    def train_stages(
+        todo: list[DictConfig], works: list[Path], shared: Path, resume: Path | None
+    ) -> list[tuple[Path, dict[str, Any], str | None]]:
+        jobs = [Path(c.paths.output_dir) for c in todo]
+        plan = StackedStage("pretrain", works, jobs, [None] * len(todo), [{}] * len(todo), shared, resume, False)
+        return [(r.best_ckpt, r.results["val"]["brief"], r.wandb_run) for r in run_stacked_stage(cfg, todo, plan)]
+
+    if not cfg.reuse_pretrain:
+        done = train_stages(cfgs, [Path(c.paths.output_dir) / "pretrain" for c in cfgs], out_dir / "pretrain", None)
+        return [CachedStage(best, "", run_id) for best, _, run_id in done]
+    return fetch_or_train_many(cfgs, train_stages)
+
+
+def _start_points(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) -> list[tuple[Path | None, dict[str, Any]]]:
+    """Each member's initial weights (``init_from``, or its pre-training) and what its run records."""
+    if cfg.init_from:
+        init = Path(cfg.init_from)
+        if not init.is_file():
+            raise InputError("checkpoint to initialise from not found", init)
+        return [(init, {"init_from": str(init)})] * len(cfgs)
+    if not cfg.pretrain.enabled:
+        return [(None, {})] * len(cfgs)
+    starts: list[tuple[Path | None, dict[str, Any]]] = []
+    for c, cached in zip(cfgs, _stacked_pretrain(cfg, cfgs, out_dir), strict=True):
+        info = {"checkpoint": str(cached.checkpoint), "key": cached.key, "wandb_run": cached.wandb_run}
+        write_json(Path(c.paths.output_dir) / "pretrain.json", info)
+        start = {
+            "pretrain_checkpoint": info["checkpoint"],
+            "pretrain_key": cached.key,
+            "pretrain_wandb_run": cached.wandb_run,
+        }
+        starts.append((cached.checkpoint, start))
+    return starts
+
+
+def _stacked_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> pl.Trainer:
+    kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
+    kwargs.setdefault("enable_model_summary", first_stage_of_process())
+    last = ModelCheckpoint(
+        dirpath=str(out_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False
+    )
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        default_root_dir=str(out_dir),
+        callbacks=[last, StepSeed(cfg.seed)],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=kwargs.pop("enable_progress_bar", sys.stdout.isatty()),
+        **kwargs,
+    )
+
+
+def _member_loggers(c: DictConfig, plan: StackedStage, m: int, resumed: bool, wandb: bool) -> list:
+    """Member m's CSV/TensorBoard loggers (``wandb=False``), or its W&B logger alone."""
+    c = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(c)))
+    with open_dict(c):
+        if wandb:
+            c.logger.csv = c.logger.tensorboard = None
+        else:
+            c.logger.wandb = None
+    return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed=resumed and not wandb)
+
+
+def _continue_counts(member: pl.Trainer, stacked: pl.Trainer) -> None:
+    """The member's evaluation Trainer at the epoch and step the fit ended on, so that its rows
+    carry them as a run alone's evaluation after its fit does."""
+    member.fit_loop.epoch_progress.current.completed = stacked.current_epoch
+    member.fit_loop.epoch_loop._batches_that_stepped = stacked.fit_loop.epoch_loop._batches_that_stepped
+
+
+@dataclass
+class StackedStage:
+    """One stage of N members: where each writes, what it starts from, and the stacked state."""
+
+    stage: str  # pretrain | finetune
+    dirs: list[Path]  # each member's stage folder (checkpoints/, predictions/, logs/)
+    job_dirs: list[Path]  # each member's run folder (W&B writes there)
+    inits: list[Path | None]  # initial weights, or None: the seed's initialisation
+    logged: list[dict[str, Any]]  # extra W&B config per member
+    stacked_dir: Path  # checkpoints/last.ckpt of the stacked state goes below it
+    resume: Path | None  # a stacked last.ckpt to resume from
+    test: bool
+
+
+def _stage_settings(c: DictConfig, stage: str) -> tuple[DictConfig, DictConfig]:
+    return (c.pretrain.data, c.pretrain) if stage == "pretrain" else (c.data, c.train)
+
+
+def _members(cfgs: list[DictConfig], plan: StackedStage) -> tuple[list, list]:
+    """Each member's datamodule and module, built as a run alone builds them under its seed."""
+    dms, modules = [], []
+    for c, init in zip(cfgs, plan.inits, strict=True):
+        pl.seed_everything(c.seed, workers=True, verbose=False)  # a member's initial weights: its seed's
+        dm = _datamodule(c, plan.stage, *_stage_settings(c, plan.stage))
+        dm.load()
+        module = _module(c)
+        if init is not None and plan.resume is None:
+            load_weights(module, init)
+        dms.append(dm)
+        modules.append(module)
+    for dm in dms[1:]:
+        dm.share_device_arrays(dms[0])
+    return dms, modules
+
+
+def run_stacked_stage(cfg: DictConfig, cfgs: list[DictConfig], plan: StackedStage) -> list[StageResult]:
+    """Train one stage of every member as one, then evaluate each member's best checkpoint."""
+    dms, modules = _members(cfgs, plan)
+    dirs = plan.dirs
+    loggers = [_member_loggers(c, plan, m, plan.resume is not None, wandb=False) for m, c in enumerate(cfgs)]
+
+    def on_best(m: int, epoch: int) -> None:
+        (dirs[m] / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_member_weights(modules[m], dirs[m] / "checkpoints" / "best.ckpt")
+
+    def on_log(m: int, values: dict[str, float]) -> None:
+        for lg in loggers[m]:
+            lg.log_metrics(values, step=stacked.history[m][-1][0])
+            lg.save()  # written as they come (no Trainer saves these loggers during the fit)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k in ("train/loss", "val/R1@0.7", "val/mAP"))
+        log.info("[%s seed=%d] epoch %d %s", plan.stage, cfgs[m].seed, stacked.current_epoch + 1, shown)
+
+    stacked = StackedModule(modules, [c.seed for c in cfgs], on_best, on_log)
+    trainer = _stacked_trainer(cfg, plan.stacked_dir, _stage_settings(cfg, plan.stage)[1].max_epochs)
+    resume = str(plan.resume) if plan.resume else None
+    trainer.fit(stacked, datamodule=StackedDataModule(dms), ckpt_path=resume, weights_only=True)
+    stacked.sync_members()
+    results = []
+    for m, c in enumerate(cfgs):
+        best = dirs[m] / "checkpoints" / "best.ckpt"
+        if not best.is_file():  # no validation ran (fast_dev_run, max_epochs=0): the last weights
+            on_best(m, trainer.current_epoch)
+        lgs = loggers[m] + _member_loggers(c, plan, m, False, wandb=True)
+        try:
+            for lg in lgs[len(loggers[m]) :]:  # W&B: the epochs' rows, written now
+                for step, values in stacked.history[m]:
+                    lg.log_metrics(values, step=step)
+            member_trainer, _ = _trainer(c, plan.stage, _stage_settings(c, plan.stage)[1], dirs[m], lgs)
+            _continue_counts(member_trainer, trainer)
+            res = _evaluate_best(member_trainer, modules[m], dms[m], best, dirs[m], plan.test, lgs)
+            results.append(StageResult(best, res, wandb_run_id(lgs)))
+        finally:
+            finish_wandb(lgs)
+    return results
+
+
+def train_stacked(cfg: DictConfig, out_dir: Path, resume: Path | None) -> dict[str, Any]:
+    """Train the N members; returns the first member's results (``seed``'s, as a run alone would)."""
+    cfgs = member_configs(cfg, out_dir)
+    if resume is None:
+        for c in cfgs:
+            if holds_run(Path(c.paths.output_dir)):
+                raise InputError(TAKEN, c.paths.output_dir)
+    starts = _start_points(cfg, cfgs, out_dir)
+    dirs = [Path(c.paths.output_dir) for c in cfgs]
+    plan = StackedStage(
+        MAIN_STAGE, dirs, dirs, [i for i, _ in starts], [s for _, s in starts], out_dir, resume, cfg.test
+    )
+    results = run_stacked_stage(cfg, cfgs, plan)
+    others = [o for o in job_overrides() if override_key(o) not in ("seed", "stacked_runs")]
+    for c, res, (_, start) in zip(cfgs, results, starts, strict=True):
+        # the overrides that train this member alone, and where it was trained
+        start = {**start, "stacked": {"runs": cfg.stacked_runs, "folder": str(out_dir)}}
+        finish_run(c, Path(c.paths.output_dir), res, start, overrides=[*others, f"seed={c.seed}"])
+    return results[0].results
