@@ -131,6 +131,10 @@ class StackedModule(pl.LightningModule):
         self.history: list[list[tuple[int, dict[str, float]]]] = [[] for _ in members]  # (step, values)
         self.metrics: list[MomentRetrievalMetric] = []
 
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            raise ValueError("stacked_runs trains in one process on one device (set trainer.devices=1)")
+
     def _state(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         params = {k: self.stacked[_key(k)] for k in self.names}
         buffers = {k: getattr(self, _key(k)) for k in self.buffer_names}
