@@ -11,8 +11,9 @@ are one fused multiply each, scaled by 1 / (1 - p). One thread draws: a helper t
 slower inside a training step, where torch's OpenMP worker keeps spinning on the other core.
 
 Each call draws its stream's seed from torch's global generator: ``torch.manual_seed`` makes the
-masks reproducible, independent of the number of threads. On accelerators, and for other
-dtypes, the framework's fused dropout is used.
+masks reproducible, independent of the number of threads. On accelerators, for other dtypes and
+while compiling, the framework's fused dropout is used. Stacked runs (:func:`member_streams`)
+give each member its own generator instead of the global one.
 """
 
 from __future__ import annotations
