@@ -68,12 +68,19 @@ def keep_csv_of_earlier_attempts(csv_dir: Path) -> None:
 
 
 def stage_loggers(
-    cfg: DictConfig, stage: str, stage_dir: Path, job_dir: Path, extra: dict[str, Any], resumed: bool = False
+    cfg: DictConfig,
+    stage: str,
+    stage_dir: Path,
+    job_dir: Path,
+    extra: dict[str, Any],
+    resumed: bool = False,
+    overrides: list[str] | None = None,
 ) -> list:
     """The configured loggers of one stage. CSV and TensorBoard write under ``stage_dir/logs/<stage>``;
     W&B writes under the job's own folder (a cached pre-training stage's folder is renamed when it
     finishes), one run per stage, grouped by system; ``extra`` goes into the W&B run's config. A
-    ``resumed`` stage keeps the CSV rows of its earlier attempts."""
+    ``resumed`` stage keeps the CSV rows of its earlier attempts. ``overrides``: the job's, unless
+    given (a stacked member's name its own seed)."""
     loggers: list = []
     if resumed:
         keep_csv_of_earlier_attempts(stage_dir / "logs" / stage)
@@ -84,7 +91,7 @@ def stage_loggers(
     wb = cfg.logger.wandb
     if wb is not None:
         os.environ.setdefault("WANDB_MODE", wb.mode)
-        overrides = job_overrides()
+        overrides = job_overrides() if overrides is None else overrides
         system = system_name(cfg.experiment_name, overrides, sweep_keys())
         job_dir.mkdir(parents=True, exist_ok=True)
         loggers.append(

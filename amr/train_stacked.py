@@ -58,6 +58,12 @@ def member_configs(cfg: DictConfig, out_dir: Path) -> list[DictConfig]:
     return members
 
 
+def member_overrides(c: DictConfig) -> list[str]:
+    """The job's overrides that train member ``c`` alone: its seed, no ``stacked_runs``."""
+    others = [o for o in job_overrides() if override_key(o) not in ("seed", "stacked_runs")]
+    return [*others, f"seed={c.seed}"]
+
+
 def _stacked_pretrain(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) -> list[CachedStage]:
     """Each member's pre-training: from the cache, the missing ones trained stacked (then cached);
     with ``reuse_pretrain=false`` all trained stacked in the run folders, not cached."""
@@ -122,7 +128,9 @@ def _member_loggers(c: DictConfig, plan: StackedStage, m: int, resumed: bool, wa
             c.logger.csv = c.logger.tensorboard = None
         else:
             c.logger.wandb = None
-    return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed=resumed and not wandb)
+    resumed = resumed and not wandb
+    overrides = member_overrides(c)
+    return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed, overrides)
 
 
 def _continue_counts(member: pl.Trainer, stacked: pl.Trainer) -> None:
@@ -221,9 +229,7 @@ def train_stacked(cfg: DictConfig, out_dir: Path, resume: Path | None) -> dict[s
         MAIN_STAGE, dirs, dirs, [i for i, _ in starts], [s for _, s in starts], out_dir, resume, cfg.test
     )
     results = run_stacked_stage(cfg, cfgs, plan)
-    others = [o for o in job_overrides() if override_key(o) not in ("seed", "stacked_runs")]
     for c, res, (_, start) in zip(cfgs, results, starts, strict=True):
-        # the overrides that train this member alone, and where it was trained
-        start = {**start, "stacked": {"runs": cfg.stacked_runs, "folder": str(out_dir)}}
-        finish_run(c, Path(c.paths.output_dir), res, start, overrides=[*others, f"seed={c.seed}"])
+        start = {**start, "stacked": {"runs": cfg.stacked_runs, "folder": str(out_dir)}}  # where it was trained
+        finish_run(c, Path(c.paths.output_dir), res, start, overrides=member_overrides(c))
     return results[0].results

@@ -96,12 +96,29 @@ def test_typos_fail_at_composition(root, override, error) -> None:
         ("train.max_epochs=-1", "train.max_epochs must be >= 0"),
         ("stacked_runs=0", "stacked_runs must be >= 1"),
         ("stacked_runs=2", "stacked_runs > 1 needs fixed_shapes=true"),
+        ("compile=fastest", "compile must be one of"),
     ],
 )
 def test_out_of_range_values_fail_before_training(root, override, message) -> None:
     with pytest.raises(ValueError, match=message):
         train(_cfg(root, "bad", override))
     assert not (root / "runs" / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["compile=default"], "compile is not applied to stacked runs"),
+        (["callbacks=early_stopping"], "stacked_runs takes no extra callbacks \\(callbacks: early_stopping\\)"),
+        (["trainer.devices=2"], "stacked_runs trains in one process on one device"),
+        (["trainer.gradient_clip_algorithm=value"], "clips each member's gradients by norm only"),
+        (["fit=false", "ckpt_path=x.ckpt"], "stacked_runs is for training"),
+    ],
+)
+def test_stacked_settings_that_cannot_hold_fail_before_training(root, overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(_cfg(root, "bad_stacked", "stacked_runs=2", "fixed_shapes=true", *overrides))
+    assert not (root / "runs" / "bad_stacked").exists()
 
 
 def test_existing_run_folder_is_never_overwritten(root) -> None:
