@@ -141,9 +141,11 @@ def _evaluate_best(
     if test and is_rank_zero():
         timeline = stage_dir / "predictions" / "test_timeline.png"
         write_timelines(timeline, module.predictions["test"], dm.splits["test"].data.queries, loggers)
-    for lg in loggers:
-        for role, res in results.items():
-            lg.log_metrics({f"best/{role}/{k}": v for k, v in logged_names(res["brief"]).items()})
+    figures = {f"best/{role}/{k}": v for role, res in results.items() for k, v in logged_names(res["brief"]).items()}
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step the evaluation rows carry
+    for lg in loggers:  # one row at the epoch the fit ended on, written now (no Trainer saves it later)
+        lg.log_metrics({**figures, "epoch": trainer.current_epoch}, step=step)
+        lg.save()
     return results
 
 

@@ -208,6 +208,7 @@ def test_stacked_runs_match_runs_alone(tmp_path, steps: int) -> None:
         alone_rows = _rows(runs[f"alone{seed}", "fast"] / "logs" / "finetune" / "metrics.csv")
         member_rows = _rows(member / "logs" / "finetune" / "metrics.csv")
         assert [sorted(r) for r in member_rows] == [sorted(r) for r in alone_rows]  # the same columns per row
+        assert "best/test/R1@0.7" in alone_rows[-1] and "epoch" in alone_rows[-1]  # the best figures' row
         assert [(r["epoch"], r["step"]) for r in member_rows] == [(r["epoch"], r["step"]) for r in alone_rows]
         assert member_rows[1]["train/loss"] == pytest.approx(alone_rows[1]["train/loss"], rel=1e-5)
 
