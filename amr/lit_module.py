@@ -32,6 +32,13 @@ def adamw(
 FULL_PRECISION = {"32-true", "32", "64-true", "64"}
 
 
+def role_metric(dm: Any, role: str, device: torch.device) -> MomentRetrievalMetric:
+    """The official metrics of a datamodule's split (and its GT-length buckets), on ``device``."""
+    edges = dm.length_bucket_edges
+    qids, windows = dm.ground_truth(role)
+    return MomentRetrievalMetric(qids, windows, buckets=length_buckets(edges) if edges else None).to(device)
+
+
 class MomentRetrievalModule(pl.LightningModule):
     """Trains QD-DETR with the official recipe: AdamW on all parameters, StepLR per epoch; gradient
     clipping (0.1) is the Trainer's. Validation and test use the official post-processing and
@@ -65,11 +72,7 @@ class MomentRetrievalModule(pl.LightningModule):
         return total
 
     def _metric(self, role: str) -> MomentRetrievalMetric:
-        dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        edges = dm.length_bucket_edges
-        qids, windows = dm.ground_truth(role)
-        metric = MomentRetrievalMetric(qids, windows, buckets=length_buckets(edges) if edges else None)
-        metric = metric.to(self.device)
+        metric = role_metric(self.trainer.datamodule, role, self.device)  # type: ignore[attr-defined]
         self.metrics[role] = metric
         self.predictions[role] = []
         return metric

@@ -24,8 +24,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from amr.checkpoints import write_weights
 from amr.inference import predict_batch
-from amr.lit_module import FULL_PRECISION, MomentRetrievalModule, adamw
-from amr.metrics.retrieval import length_buckets, logged_names
+from amr.lit_module import FULL_PRECISION, MomentRetrievalModule, adamw, role_metric
+from amr.metrics.retrieval import logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
 from amr.model.dropout import member_streams
 from amr.runtime import step_seed
@@ -200,10 +200,7 @@ class StackedModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.sync_members()
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        edges = dm.length_bucket_edges
-        qids, windows = dm.ground_truth("val")
-        buckets = length_buckets(edges) if edges else None
-        self.metrics = [MomentRetrievalMetric(qids, windows, buckets=buckets).to(self.device) for _ in self.members]
+        self.metrics = [role_metric(dm, "val", self.device) for _ in self.members]
         self.val_loss: list[Tensor | float] = [0.0] * len(self.members)
         self.val_items = [0] * len(self.members)
 
