@@ -10,7 +10,7 @@ __all__ = ["Moment", "Predictor", "__version__"]
 
 def __getattr__(name: str) -> Any:  # keep `import amr` light: torch loads only when asked for
     if name in ("Predictor", "Moment"):
-        from amr import predict
+        from amr.inference import predictor
 
-        return getattr(predict, name)
+        return getattr(predictor, name)
     raise AttributeError(f"module 'amr' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,31 +101,48 @@ def read_amr(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """An amr checkpoint, read once: its weights, the config it was trained with, and the decoder
+    it was validated with."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    hyper_parameters: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | Path) -> Checkpoint:
+        ckpt = read_amr(path)
+        return cls(Path(path), ckpt[STATE], ckpt[HPARAMS])
+
+    def model(self, feature_dim: int | None = None) -> QDDETR:
+        """The network built from the stored config, in eval mode; ``feature_dim``: the width of the
+        features it will be given (refused before any data is read when it expects another)."""
+        try:
+            cfg = QDDETRConfig(**self.hyper_parameters["model"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise InputError(f"checkpoint holds an unknown model config ({e})", self.path) from None
+        if feature_dim is not None and (cfg.aud_dim, cfg.txt_dim) != (feature_dim, feature_dim):
+            raise InputError(
+                f"the model expects {cfg.aud_dim}-d audio and {cfg.txt_dim}-d text features; "
+                f"MS-CLAP 2023 features are {feature_dim}-d",
+                self.path,
+            )
+        model = QDDETR(cfg)
+        state = {k.removeprefix("model."): v for k, v in self.state.items() if not k.startswith("criterion.")}
+        load_strict(model, state, self.path, "the checkpoint's model config")
+        return model.eval()
+
+    @property
+    def decode(self) -> dict[str, Any] | None:
+        """The ``decode`` settings it was validated with (None: older checkpoints, the official decoding)."""
+        decode = self.hyper_parameters.get("decode")
+        return dict(decode) if decode else None
+
+
 def load_model(path: str | Path, feature_dim: int | None = None) -> QDDETR:
-    """The network of an amr checkpoint, built from the config stored with it, in eval mode;
-    ``feature_dim``: the width of the features it will be given (refused before any data is read
-    when the checkpoint expects another)."""
-    ckpt = read_amr(path)
-    try:
-        cfg = QDDETRConfig(**ckpt[HPARAMS]["model"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise InputError(f"checkpoint holds an unknown model config ({e})", path) from None
-    if feature_dim is not None and (cfg.aud_dim, cfg.txt_dim) != (feature_dim, feature_dim):
-        raise InputError(
-            f"the model expects {cfg.aud_dim}-d audio and {cfg.txt_dim}-d text features; "
-            f"MS-CLAP 2023 features are {feature_dim}-d",
-            path,
-        )
-    model = QDDETR(cfg)
-    state = {k.removeprefix("model."): v for k, v in ckpt[STATE].items() if not k.startswith("criterion.")}
-    load_strict(model, state, path, "the checkpoint's model config")
-    return model.eval()
-
-
-def stored_decode(path: str | Path) -> dict[str, Any] | None:
-    """The ``decode`` settings an amr checkpoint was validated with (None: older checkpoints, the official decoding)."""
-    decode = read_amr(path)[HPARAMS].get("decode")
-    return dict(decode) if decode else None
+    """The network of an amr checkpoint (:meth:`Checkpoint.model`)."""
+    return Checkpoint.read(path).model(feature_dim)
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
@@ -178,6 +196,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def export(src: str | Path, out: str | Path) -> Path:
     """The weights and config of a training checkpoint (``last.ckpt`` included), without optimiser,
     scheduler, loop or callback state: for sharing, and about a third of the size."""
-    ckpt = read_amr(src)
-    load_model(src)  # refuse weights that do not fit their own config before writing anything
-    return write_weights(out, ckpt[STATE], ckpt[HPARAMS])
+    ckpt = Checkpoint.read(src)
+    ckpt.model()  # refuse weights that do not fit their own config before writing anything
+    return write_weights(out, ckpt.state, ckpt.hyper_parameters)

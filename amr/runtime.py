@@ -52,3 +52,10 @@ def step_seed(seed: int, epoch: int, batch_idx: int) -> int:
     epoch, batch) alone, so a resumed run, and a stacked member, draw what an uninterrupted run
     alone draws."""
     return (seed * 1_000_003 + epoch) * 100_003 + batch_idx
+
+
+def is_rank_zero() -> bool:
+    """Only global rank 0 writes files (DDP starts the same command once per process)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from amr.calibrate import features, fit, hits
-from amr.inference import Candidates
+from amr.inference.batch import Candidates
+from amr.inference.calibration import features, fit, hits
+from amr.inference.decoders import DECODERS, DecodeConfig
 from amr.metrics.retrieval import evaluate
-from amr.model.decode import DECODERS, DecodeConfig
 from benchmarks.common import peak_rss_mb, table, update_report
 
 TARGET_S = 10.0

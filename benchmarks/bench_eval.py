@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from amr.ensemble import fuse
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, evaluate, length_buckets
+from amr.results.ensemble import fuse
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
 from benchmarks.reference_eval import evaluate_loop
 

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from amr.report import report
+from amr.results.report import report
 from amr.testing.sweeps import fake_annotations, fake_sweep
 from benchmarks.common import peak_rss_mb, table, update_report
 

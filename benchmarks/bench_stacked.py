@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-from amr.lit_module import FULL_PRECISION, MomentRetrievalModule, adamw
 from amr.runtime import tune_allocator
-from amr.stacked import StackedModule, clip_per_member, member_outputs
+from amr.training.module import FULL_PRECISION, MomentRetrievalModule, adamw
+from amr.training.stacked_module import StackedModule, clip_per_member, member_outputs
 from benchmarks.bench_train import SHAPES, autocast, make_batch, our_step, step_key, table1_hours
 from benchmarks.common import median_time, table, update_report
 

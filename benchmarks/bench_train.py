@@ -13,10 +13,10 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from amr.lit_module import FULL_PRECISION, adamw
 from amr.model import QDDETR, build_criterion
 from amr.model.matcher import SOLVERS, HungarianMatcher
 from amr.runtime import tune_allocator
+from amr.training.module import FULL_PRECISION, adamw
 from benchmarks.common import median_time, peak_rss_mb, table, update_report
 
 SHAPES = {"clotho_moment": (61, 61), "castella": (120, 300)}  # (min, max) audio frames per sample

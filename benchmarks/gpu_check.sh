@@ -39,7 +39,7 @@ for variant in "bf16-mixed" "32-true" "bf16-mixed $fast" "32-true $fast" \
     [[ $extra == *stacked_runs=* ]] && name+=-stacked3
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086  # $extra holds whole overrides
-    python3 -m amr.train "${recipe[@]}" "trainer.precision=$precision" $extra \
+    python3 -m amr.training.run "${recipe[@]}" "trainer.precision=$precision" $extra \
         "hydra.run.dir=outputs/runs/gpu_check/$stamp-$name" 2>&1 | tee "$out/train-$name.log"
     t1=$(date +%s.%N)
     python3 -c "print(f'train {\"$name\"}: {$t1 - $t0:.1f} s wall, pretrain + fine-tune + test, synthetic data')" |

@@ -49,8 +49,8 @@ def wav_sample_rate_zero(path: Path) -> None:
 
 def random_checkpoint(path: Path, **model) -> Path:
     """A weights-only amr checkpoint of a randomly initialised network (Lightning's layout)."""
-    from amr.config import LossCfg, ModelCfg, OptimCfg
-    from amr.lit_module import MomentRetrievalModule
+    from amr.training.config import LossCfg, ModelCfg, OptimCfg
+    from amr.training.module import MomentRetrievalModule
 
     torch.manual_seed(0)
     m = MomentRetrievalModule(model=asdict(ModelCfg(**model)), loss=asdict(LossCfg()), optim=asdict(OptimCfg()))

@@ -99,3 +99,45 @@ def test_export_keeps_weights_and_config_only(tmp_path) -> None:
         assert ka == kb and torch.equal(va, vb)
     with pytest.raises(SystemExit):  # never overwrites
         main(["export", str(src), str(out)])
+
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "checkpoint_2026_12"
+
+
+def test_a_checkpoint_written_before_the_reorganisation_loads_and_predicts_as_it_did() -> None:
+    """``best.ckpt`` of a ``debug=fast`` run (hidden 16) written by the code before the package was
+    laid out in rooms, with the network's outputs and the Predictor's moments it gave then."""
+    import numpy as np
+
+    from amr.inference.predictor import Predictor
+
+    expected = torch.load(FIXTURE / "expected.pt", weights_only=True)
+    ckpt = checkpoints.Checkpoint.read(FIXTURE / "best.ckpt")
+    assert ckpt.decode is not None and ckpt.decode["name"] == "detr"
+    from amr.training.module import MomentRetrievalModule
+
+    hp = ckpt.hyper_parameters
+    module = MomentRetrievalModule(model=hp["model"], loss=hp["loss"], optim=hp["optim"], decode=hp["decode"])
+    checkpoints.load_weights(module, FIXTURE / "best.ckpt")  # as init_from and fit=false read it
+    model = ckpt.model(768)
+    assert all(torch.equal(a, b) for a, b in zip(module.model.state_dict().values(), model.state_dict().values()))
+    torch.manual_seed(0)
+    x = {
+        "src_txt": torch.randn(2, 7, 768),
+        "src_txt_mask": torch.ones(2, 7),
+        "src_aud": torch.randn(2, 30, 770),
+        "src_aud_mask": torch.ones(2, 30),
+    }
+    x["src_aud_mask"][1, 20:] = 0
+    with torch.no_grad():
+        out = model(**x)
+    for key in ("pred_logits", "pred_spans", "saliency_scores"):
+        torch.testing.assert_close(out[key], expected[key], rtol=0, atol=1e-6)
+    rng = np.random.default_rng(7)
+    frames = rng.standard_normal((40, 768)).astype(np.float32)
+    long = rng.standard_normal((650, 768)).astype(np.float32)
+    txt = rng.standard_normal((9, 768)).astype(np.float32)
+    p = Predictor(FIXTURE / "best.ckpt", device="cpu")
+    for audio, key in ((frames, "short"), (long, "long_moments")):
+        got = torch.tensor([[m.start, m.end, m.score] for m in p.predict(audio, txt, top_k=10)], dtype=torch.float64)
+        torch.testing.assert_close(got, expected[key], rtol=0, atol=1e-4)

@@ -73,7 +73,7 @@ def test_torchaudio_standin_when_the_wheel_cannot_load(tmp_path, monkeypatch) ->
 
 def test_project_imports_without_msclap() -> None:
     code = (
-        "import sys, amr, amr.cli, amr.predict, amr.clap.extract, amr.train; "
+        "import sys, amr, amr.cli, amr.inference.predictor, amr.clap.extract, amr.training.run; "
         "assert amr.Predictor.__name__ == 'Predictor'; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('msclap', 'torchaudio')]; "
         "assert not bad, bad"

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from amr.model.decode import forward_backward, span_posterior, threshold_segments
+from amr.inference.decoders import forward_backward, span_posterior, threshold_segments
 
 
 def _segmentations(t: int, max_len: int, start: int = 0):
@@ -70,7 +70,7 @@ def _planted(t: int = 120) -> tuple[np.ndarray, list[tuple[int, int]]]:
 
 
 def test_decoders_on_one_sample() -> None:
-    from amr.model.decode import DecodeConfig, decode_sample
+    from amr.inference.decoders import DecodeConfig, decode_sample
 
     curve, planted = _planted()
     detr = [[60.0, 100.0, 0.9], [20.0, 23.0, 0.5], [0.0, 10.0, 0.4]]  # seconds; T = 120 frames = 120 s
@@ -96,7 +96,7 @@ def test_every_decoder_and_class_loss_compose_in_a_fast_sweep(tmp_path) -> None:
     import sys
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "amr.train", "-m", "experiment=castella_only", "debug=fast"]
+    cmd = [sys.executable, "-m", "amr.training.run", "-m", "experiment=castella_only", "debug=fast"]
     cmd += ["decode=detr,saliency,segmental,hybrid", "loss.cls=varifocal"]
     cmd += [f"paths.root={tmp_path}", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="disabled"), timeout=900)
@@ -108,7 +108,7 @@ def test_every_decoder_and_class_loss_compose_in_a_fast_sweep(tmp_path) -> None:
 
 
 def test_a_curve_without_segments_keeps_detr_rows() -> None:
-    from amr.model.decode import DecodeConfig, decode_batch
+    from amr.inference.decoders import DecodeConfig, decode_batch
 
     detr = [[0.0, 4.0, 0.7], [5.0, 9.0, 0.2]]
     halves = np.r_[np.zeros(5), np.ones(5)]  # mean + 1.5 std = 1.25: no frame above

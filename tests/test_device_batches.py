@@ -84,7 +84,7 @@ def test_device_batches_equal_the_dataloaders(castella, tmp_path, train: bool, f
 def test_a_run_with_batches_on_device_trains_the_same(tmp_path) -> None:
     from tests.helpers import run_python
 
-    common = ["-m", "amr.train", "debug=fast", "pretrain=none", "augment=seed_report", f"paths.root={tmp_path}"]
+    common = ["-m", "amr.training.run", "debug=fast", "pretrain=none", "augment=seed_report", f"paths.root={tmp_path}"]
     metrics = []
     for flag in ("false", "true"):
         run = tmp_path / f"run_{flag}"

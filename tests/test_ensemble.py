@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from amr.ensemble import average, ensemble, wbf
 from amr.errors import InputError
+from amr.results.ensemble import average, ensemble, wbf
 from amr.testing.sweeps import fake_annotations, fake_sweep
 
 

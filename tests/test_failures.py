@@ -23,7 +23,7 @@ from amr.data.annotations import load_annotations
 from amr.data.features import load_npz_array
 from amr.errors import InputError
 from amr.io import write_json
-from amr.train import CONF_DIR, train
+from amr.training.run import CONF_DIR, train
 from tests.helpers import random_checkpoint
 
 GT = {"qid": "1", "query": "a dog barks", "vid": "v", "duration": 30, "relevant_windows": [[2, 8]]}
@@ -151,13 +151,13 @@ def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(t
     train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
     # the CSV rows of the attempts before each resume are kept, and read back in order
-    from amr.report.runs import _csv_attempts
+    from amr.results.run_folder import csv_attempts
 
     logs = tmp_path / "run" / "logs" / "finetune"
-    kept = [p.name for p in _csv_attempts(logs) if p.is_file()]
+    kept = [p.name for p in csv_attempts(logs) if p.is_file()]
     assert kept[0] == "metrics.before-resume-1.csv" and kept[-1] == "metrics.csv"
     epochs = set()
-    for p in _csv_attempts(logs):
+    for p in csv_attempts(logs):
         if p.is_file():
             with p.open() as f:
                 epochs |= {row["epoch"] for row in csv.DictReader(f)}
@@ -173,7 +173,7 @@ def test_interpolated_run_folder_holding_a_run_is_refused_before_hydra_writes(tm
         [
             sys.executable,
             "-m",
-            "amr.train",
+            "amr.training.run",
             "experiment=castella_only",
             f"hydra.run.dir={tmp_path}/runs/${{experiment_name}}_x",
         ],

@@ -92,7 +92,7 @@ def test_from_official_accepts_a_pth_file_and_rejects_a_wrong_one(fixture, tmp_p
 
 def test_converted_official_checkpoint_gives_the_same_outputs(fixture, tmp_path) -> None:
     from amr.cli import main
-    from amr.lit_module import MomentRetrievalModule
+    from amr.training.module import MomentRetrievalModule
 
     src = tmp_path / "best_checkpoint.pth"
     torch.save({"model": fixture["state_dict"]}, src)

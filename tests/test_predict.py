@@ -54,8 +54,8 @@ def test_predict_cli_and_python_api_agree(clap, audio_dir, tmp_path) -> None:
 
 
 def test_long_recordings_are_windowed_and_merged(tmp_path) -> None:
+    from amr.inference.predictor import Predictor, merge, window_starts
     from amr.model import postprocess
-    from amr.predict import Predictor, merge, window_starts
 
     assert window_starts(250, 300) == [0]
     assert window_starts(700, 300) == [0, 150, 300, 400]

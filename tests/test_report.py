@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amr.report import Sweep, figures, interval, paired, permutation_p
-from amr.report import sweep as sw
-from amr.report.runs import stage_curves
+from amr.results.report import Sweep, figures, interval, paired, permutation_p
+from amr.results.report import sweep as sw
+from amr.results.report.runs import stage_curves
 from amr.testing.sweeps import fake_annotations, fake_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_curves_skip_the_post_fit_row_and_mark_the_first_best(tmp_path) -> None:
 
 def test_timelines_label_every_row_without_overlap(simulated) -> None:
     from amr.data.annotations import load_annotations
-    from amr.report import query_timeline
+    from amr.results.report import query_timeline
 
     sweep = Sweep([simulated[2]])
     queries = load_annotations(sweep.runs[0].gt_path)[:5]
@@ -217,7 +217,7 @@ def sweep(tmp_path_factory) -> Path:
     cmd = [
         sys.executable,
         "-m",
-        "amr.train",
+        "amr.training.run",
         "-m",
         "experiment=baseline,system1",
         "seed=1,2",

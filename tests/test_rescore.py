@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from amr.calibrate import FEATURES, Calibrator, features, fit, hits
 from amr.errors import InputError
-from amr.model.decode import DecodeConfig, batch_posteriors, span_posterior
+from amr.inference.calibration import FEATURES, Calibrator, features, fit, hits
+from amr.inference.decoders import DecodeConfig, batch_posteriors, span_posterior
 
 
 def test_batch_posteriors_equal_one_recording_at_a_time() -> None:
@@ -84,11 +84,11 @@ def _amr(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
-    from amr.predict import Predictor
-    from amr.report.runs import find_runs
+    from amr.inference.predictor import Predictor
+    from amr.results.report.runs import find_runs
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "amr.train", "experiment=castella_only", "debug=fast", f"paths.root={tmp_path}"]
+    cmd = [sys.executable, "-m", "amr.training.run", "experiment=castella_only", "debug=fast", f"paths.root={tmp_path}"]
     proc = subprocess.run(
         [*cmd, f"hydra.run.dir={run}"], capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="disabled")
     )

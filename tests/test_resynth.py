@@ -242,7 +242,14 @@ def test_features_straight_from_the_mixtures_train(clap, tmp_path) -> None:
         ann = (root / "data" / f"clotho_moment_{split}_release.jsonl").read_text().splitlines()
         qids = [json.loads(x)["qid"] for x in ann]
         assert qids and all((root / "features/clotho-moment/clap_text" / f"qid{q}.npz").is_file() for q in qids)
-    cmd = ["-m", "amr.train", "experiment=castella_only", "data=clotho_moment", f"data.root={root}", "debug=fast"]
+    cmd = [
+        "-m",
+        "amr.training.run",
+        "experiment=castella_only",
+        "data=clotho_moment",
+        f"data.root={root}",
+        "debug=fast",
+    ]
     run_python([*cmd, f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], clap)
     metrics = json.loads((tmp_path / "run" / "test_metrics.json").read_text())
     assert "MR-full-R1@0.7" in metrics["brief"]

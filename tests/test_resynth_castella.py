@@ -261,7 +261,7 @@ def test_castella_like_features_pretrain_a_run(clap, tmp_path) -> None:
             assert feats.shape == (a["duration"], 768)
             assert (root / "features/castella-like/clap_text" / f"qid{a['qid']}.npz").is_file()
     assert not (root / "audio").exists()
-    cmd = ["-m", "amr.train", "experiment=baseline", "pretrain=castella_like", f"pretrain.data.root={root}"]
+    cmd = ["-m", "amr.training.run", "experiment=baseline", "pretrain=castella_like", f"pretrain.data.root={root}"]
     cmd += ["data=synthetic_castella", "debug=fast", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"]
     run_python(cmd, clap)
     assert "MR-full-R1@0.7" in json.loads((tmp_path / "run" / "test_metrics.json").read_text())["brief"]

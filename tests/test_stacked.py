@@ -13,7 +13,7 @@ import torch
 
 from amr.checkpoints import read
 from amr.model import QDDETR, QDDETRConfig, build_criterion
-from amr.stacked import StackedModule, clip_per_member, member_outputs, stack_inputs
+from amr.training.stacked_module import StackedModule, clip_per_member, member_outputs, stack_inputs
 
 LR = 1e-4  # the recipe's learning rate: AdamW moves a weight by at most about this per step
 
@@ -159,7 +159,7 @@ def test_stacked_runs_match_runs_alone(tmp_path, steps: int) -> None:
     keys and test metrics; the members are ordinary run folders."""
     from tests.helpers import run_python
 
-    common = ["-m", "amr.train", "debug=fast", "fixed_shapes=true", f"paths.root={tmp_path}"]
+    common = ["-m", "amr.training.run", "debug=fast", "fixed_shapes=true", f"paths.root={tmp_path}"]
     one_step = ["pretrain=none", "train.max_epochs=1", "+trainer.limit_train_batches=1"]
     # two stages, each run with its own pre-training cache: the stacked pre-training is compared too
     two_stage = ["experiment=system1"]
@@ -240,7 +240,7 @@ def test_a_compiled_run_trains_and_keeps_parameter_names(tmp_path) -> None:
     from tests.helpers import run_python
 
     run = tmp_path / "compiled"
-    args = ["-m", "amr.train", "debug=fast", "pretrain=none", "fixed_shapes=true", "compile=default"]
+    args = ["-m", "amr.training.run", "debug=fast", "pretrain=none", "fixed_shapes=true", "compile=default"]
     run_python([*args, f"paths.root={tmp_path}", f"hydra.run.dir={run}"], tmp_path)
     assert json.loads((run / "test_metrics.json").read_text())
     load_model(run / "checkpoints" / "best.ckpt")  # strict names and shapes

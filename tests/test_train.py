@@ -16,8 +16,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from amr.errors import InputError
-from amr.pretrain_cache import pretrain_key
-from amr.train import CONF_DIR, train
+from amr.training.pretrain_cache import pretrain_key
+from amr.training.run import CONF_DIR, train
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -180,7 +180,7 @@ def test_multirun_two_jobs(root) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "amr.train",
+        "amr.training.run",
         "-m",
         "experiment=castella_only",
         "debug=fast",
@@ -218,7 +218,7 @@ def test_ddp_on_cpu_metric_matches_single_process(root) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "amr.train",
+        "amr.training.run",
         "experiment=castella_only",
         "debug=fast",
         "logger=none",
@@ -261,7 +261,7 @@ def test_taken_run_folder_is_refused_before_hydra_writes(root) -> None:
     (out / ".hydra" / "config.yaml").write_text("precious")
     (out / "test_metrics.json").write_text("{}")
     proc = subprocess.run(
-        [sys.executable, "-m", "amr.train", "experiment=castella_only", f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "amr.training.run", "experiment=castella_only", f"hydra.run.dir={out}"],
         capture_output=True,
         text=True,
         timeout=120,

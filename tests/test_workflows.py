@@ -16,9 +16,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from amr.data.dataset import MomentDataset
-from amr.report import report
-from amr.runs import MAX_TAG, system_name, tags
-from amr.train import CONF_DIR, train
+from amr.results.report import report
+from amr.training.naming import MAX_TAG, system_name, tags
+from amr.training.run import CONF_DIR, train
 
 
 def _cfg(root: Path, run: str, *overrides: str):
@@ -31,7 +31,7 @@ def _cfg(root: Path, run: str, *overrides: str):
 
 def _amr_train(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "amr.train", *args],
+        [sys.executable, "-m", "amr.training.run", *args],
         capture_output=True,
         text=True,
         env=env or dict(os.environ, WANDB_MODE="disabled"),

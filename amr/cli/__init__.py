@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amr.cli.common import clap_options, encoder_factory
-from amr.cli.rescoring import add_decode_options, decode_option, rescore_commands
+from amr.cli.common import add_decode_options, clap_options, encoder_factory
+from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
 from amr.errors import InputError, os_error_line
@@ -36,8 +36,8 @@ def _convert(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from amr.checkpoints import load_official, write_weights
-    from amr.config import LossCfg, ModelCfg, OptimCfg
-    from amr.lit_module import MomentRetrievalModule
+    from amr.training.config import LossCfg, ModelCfg, OptimCfg
+    from amr.training.module import MomentRetrievalModule
 
     check_output(args.out, [args.checkpoint])
     model = load_official(args.checkpoint, t2v_mask=args.t2v_mask)
@@ -80,34 +80,26 @@ def _backtranslate(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from amr.checkpoints import load_model
-    from amr.data.dataset import MomentDataset, SplitData, collate
-    from amr.data.features import FEAT_DIM, Layout
-    from amr.inference import predict_batch
+    from amr.inference.decoders import parse_decode
+    from amr.inference.predictor import evaluation_lines
     from amr.metrics.predictions import write_predictions, write_submission
-    from amr.predict import decoding
 
-    for out in (args.out, args.out.with_suffix(".scores.jsonl")):
+    scores = args.out.with_suffix(".scores.jsonl")
+    for out in (args.out, scores):
         check_output(out, [args.ckpt, *([args.annotations] if args.annotations else [])])
-    model = load_model(args.ckpt, FEAT_DIM)  # checked before the features are read
-    decode, calibrator = decoding(args.ckpt, decode_option(args.decode, args.set), not args.no_calibrator)
-    layout = Layout(Path(args.data_root), "dcase2026_evaluation", args.feat_dir)
-    annotations = (
-        Path(args.annotations) if args.annotations else Path(args.data_root) / "data" / "dcase2026_evaluation.jsonl"
+    lines, decode, calibrator = evaluation_lines(
+        args.ckpt,
+        args.data_root,
+        args.feat_dir,
+        args.annotations,
+        args.cache_dir,
+        parse_decode(args.decode, args.set),
+        not args.no_calibrator,
     )
-    data = SplitData.load(layout, "evaluation", args.cache_dir, require_windows=False, annotations=annotations)
-    loader = DataLoader(MomentDataset(data, train=False, with_labels=False), batch_size=100, collate_fn=collate)
-    lines = []
-    with torch.inference_mode():
-        for batch in loader:
-            lines += predict_batch(model, batch, decode=decode, calibrator=calibrator).lines
-    write_predictions(args.out.with_suffix(".scores.jsonl"), lines)
+    write_predictions(scores, lines)
     write_submission(args.out, lines)
     how = f"decode={decode.name}" + (f", {calibrator.method} calibrator" if calibrator else "")
-    print(f"{len(lines)} queries ({how}): submission {args.out}, with scores {args.out.with_suffix('.scores.jsonl')}")
+    print(f"{len(lines)} queries ({how}): submission {args.out}, with scores {scores}")
 
 
 def _finish(report: ExtractReport, what: str) -> None:
@@ -139,17 +131,15 @@ def _extract_text(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
-    from amr.predict import Predictor, read_recording
+    from amr.inference.decoders import parse_decode
+    from amr.inference.predictor import Predictor, at_least_one, check_query, read_recording
 
     queries = list(args.query)
-    if args.top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {args.top_k}", "--top-k")
-    if args.max_frames < 1:
-        raise InputError(f"--max-frames must be at least 1, got {args.max_frames}", "--max-frames")
+    at_least_one(args.top_k, "--top-k")
+    at_least_one(args.max_frames, "--max-frames")
     for q in queries:
-        if not q.strip():
-            raise InputError("query is empty (only whitespace)", "--query")
-    decode = decode_option(args.decode, args.set)
+        check_query(q, "--query")
+    decode = parse_decode(args.decode, args.set)
     recording = read_recording(args.audio, args.centered)  # bad audio fails before any model loads
     predictor = Predictor(
         args.ckpt,
@@ -223,7 +213,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
 def _model_commands(sub: argparse._SubParsersAction) -> None:
     """Commands for checkpoints and inference."""
     u = sub.add_parser("submit", help="DCASE evaluation-set submission from a checkpoint and the distributed features")
-    u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (best.ckpt, or a converted official one)")
+    u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (a run's best, or a converted one)")
     u.add_argument("--data-root", required=True, type=Path, help="holds features/dcase2026_evaluation/{clap,clap_text}")
     u.add_argument("--out", required=True, type=Path)
     u.add_argument("--feat-dir", default="dcase2026_evaluation")
@@ -251,7 +241,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(fn=_convert)
 
     x = sub.add_parser("export", help="weights and config of a checkpoint, without optimizer state, for sharing")
-    x.add_argument("checkpoint", type=Path, help="best.ckpt or last.ckpt of a run")
+    x.add_argument("checkpoint", type=Path, help="a run's best or last checkpoint")
     x.add_argument("out", type=Path)
     x.set_defaults(fn=_export)
 

@@ -26,3 +26,14 @@ def encoder_factory(args: argparse.Namespace) -> Callable[[], ClapEncoder]:
 def clap_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clap-weights", type=Path, help="local MS-CLAP 2023 .pth (default: msclap's hub download)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
+
+
+def add_decode_options(p: argparse.ArgumentParser, calibrator: bool = True) -> None:
+    """``--decode NAME --set KEY=VALUE`` (read by :func:`amr.inference.decoders.parse_decode`) and
+    ``--no-calibrator``."""
+    from amr.inference.decoders import DECODERS
+
+    p.add_argument("--decode", choices=list(DECODERS), help="decoder (default: the checkpoint's, else detr)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a decoder setting, e.g. penalty=-2")
+    if calibrator:
+        p.add_argument("--no-calibrator", action="store_true", help="ignore the calibrator.json beside the checkpoint")

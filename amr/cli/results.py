@@ -61,7 +61,7 @@ def _submission(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from amr.report import report
+    from amr.results.report import report
 
     by = [k for k in args.by.split(",") if k] if args.by else None
     buckets = _bucket_option(args.buckets) or {}
@@ -73,7 +73,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from amr.ensemble import ensemble
+    from amr.results.ensemble import ensemble
 
     check_output(args.out, args.runs, args.overwrite)
     try:
@@ -84,11 +84,11 @@ def _ensemble(args: argparse.Namespace) -> None:
     for split, metrics in results.items():
         brief = {k.removeprefix("MR-full-"): v for k, v in metrics["brief"].items() if k.startswith("MR-full-")}
         print(f"{split}: " + "  ".join(f"{k} {v:.2f}" for k, v in brief.items()))
-    print(f"written to {args.out}: a run folder (run.json, predictions/, test_metrics.json) and ensemble.json")
+    print(f"written to {args.out}: a run folder (its run record, predictions and test metrics, and how it was fused)")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from amr.report import compare
+    from amr.results.report import compare
 
     print(compare(args.run_a, args.run_b))
 
@@ -134,7 +134,7 @@ def result_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(fn=_report)
 
     en = sub.add_parser("ensemble", help="fuse several runs' predictions (weighted box fusion or score averaging)")
-    en.add_argument("runs", nargs="+", type=Path, help="run folders (predictions/{val,test}_preds.jsonl)")
+    en.add_argument("runs", nargs="+", type=Path, help="run folders (their validation and test predictions)")
     en.add_argument("--out", required=True, type=Path, help="folder for the fused predictions and metrics")
     en.add_argument("--method", default="wbf", choices=["wbf", "average"])
     en.add_argument("--weights", help="one weight per run, comma-separated (default: equal)")

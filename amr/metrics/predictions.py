@@ -130,31 +130,3 @@ def write_submission(path: str | Path, predictions: Iterable[dict[str, Any]]) ->
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     write_json(path, metrics, indent=4)
-
-
-def derived_overrides(infos: Iterable[Mapping[str, Any]], extra: Iterable[str]) -> list[str]:
-    """The overrides of a run made from others (a re-decoding, an ensemble): those all source runs
-    share, without ``seed=`` and settings ``extra`` sets again, then ``extra``."""
-    extra = list(extra)
-    keys = {e.split("=", 1)[0] for e in extra}
-    lists = [list(i.get("overrides", [])) for i in infos]
-    common = [o for o in lists[0] if all(o in other for other in lists[1:])]
-    return [o for o in common if not o.startswith("seed=") and o.split("=", 1)[0] not in keys] + extra
-
-
-def write_derived_run(
-    out: Path,
-    info: Mapping[str, Any],
-    lines: Mapping[str, list[dict[str, Any]]],
-    results: Mapping[str, dict[str, Any]],
-) -> None:
-    """A folder that reads as a finished run (``amr report``, ``amr compare``, ``amr ensemble``):
-    ``run.json`` (``info``), ``predictions/<split>_preds.jsonl`` and ``_metrics.json``, and
-    ``test_metrics.json``."""
-    for split, split_lines in lines.items():
-        write_predictions(out / "predictions" / f"{split}_preds.jsonl", split_lines)
-        if split in results:
-            write_metrics(out / "predictions" / f"{split}_metrics.json", results[split])
-    if "test" in results:
-        write_metrics(out / "test_metrics.json", results["test"])
-    write_json(out / "run.json", dict(info))

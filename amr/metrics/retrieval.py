@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from amr.metrics.iou import official_cross_iou
+
 THRESHOLDS: tuple[float, ...] = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
 MAX_PREDICTIONS = 10
 GT_LENGTH_RANGE = (0.0, 1500.0)
@@ -33,6 +35,11 @@ GT_LENGTH_RANGE = (0.0, 1500.0)
 BRIEF_KEYS = ("MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-mAP@0.5", "MR-full-mAP@0.75")
 # the short name each brief key is logged, tabulated and charted under
 SHORT_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0.75"), strict=True))
+# The tracked metric: the best checkpoint is the first epoch reaching its maximum on validation (the
+# official selection); the hyper-parameter search maximises it; reports mark its best epoch.
+MONITOR = "R1@0.7"
+MONITOR_LOGGED = f"val/{MONITOR}"  # as the training module logs it
+MONITOR_KEY = "MR-full-" + MONITOR  # its key in the official brief table
 
 
 # Ground-truth length buckets fit for CASTELLA (median moment about 4 s, half of them 3 s or
@@ -79,18 +86,6 @@ def filter_gt(windows: np.ndarray, length_range: tuple[float, float] = GT_LENGTH
     return windows[(lengths > lo) & (lengths <= hi)]
 
 
-def _cross_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """True IoU between every prediction and every GT window. pred: (..., P, 2), gt: (..., G, 2) -> (..., P, G)."""
-    a1 = pred[..., :, 1] - pred[..., :, 0]
-    a2 = gt[..., :, 1] - gt[..., :, 0]
-    left = np.maximum(pred[..., :, None, 0], gt[..., None, :, 0])
-    right = np.minimum(pred[..., :, None, 1], gt[..., None, :, 1])
-    inter = np.clip(right - left, 0, None)
-    union = a1[..., :, None] + a2[..., None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / union
-
-
 def _numpy_sum_small(vals: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Row sums of (N, n<=16) values whose first ``count`` entries are the ones to add (the rest are
     zeros), in the exact order NumPy's pairwise ``np.sum`` adds a compact array of ``count`` entries
@@ -122,7 +117,7 @@ def _ap_group(preds: np.ndarray, n_preds: np.ndarray, gts: np.ndarray, thr: np.n
     q, p, _ = preds.shape
     g = gts.shape[1]
     t = thr.shape[0]
-    iou = _cross_iou(preds[..., :2], gts)  # (Q, P, G)
+    iou = official_cross_iou(preds[..., :2], gts)  # (Q, P, G)
     # The official code sorts each (G,) row with ndarray.argsort() and walks it backwards; sorting the
     # same rows with the same kind keeps its tie order.
     order = np.argsort(iou, axis=-1)[..., ::-1]
@@ -192,7 +187,7 @@ def _recall_at_one(top1: np.ndarray, gts: list[np.ndarray]) -> np.ndarray:
     for i, g in enumerate(gts):
         gt[i, : len(g)] = g
         pad[i, : len(g)] = False
-    iou = _cross_iou(top1[:, None, :], gt)[:, 0, :]  # (Q, G)
+    iou = official_cross_iou(top1[:, None, :], gt)[:, 0, :]  # (Q, G)
     iou = np.where(pad, -np.inf, iou)
     best = gt[np.arange(len(gts)), np.argmax(iou, axis=1)]  # first maximum; NaN counts as maximal
     inter = np.maximum(0, np.minimum(top1[:, 1], best[:, 1]) - np.maximum(top1[:, 0], best[:, 0]))

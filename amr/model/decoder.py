@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from amr.model.attention import PreProjectedAttention
 from amr.model.dropout import Dropout
-from amr.model.encoder import _FFN
+from amr.model.encoder import FFN
 from amr.model.position import span_sine_embedding
 from amr.model.span_ops import inverse_sigmoid
 
@@ -30,7 +30,7 @@ class MLP(nn.Module):
         return x
 
 
-class DecoderLayer(_FFN):
+class DecoderLayer(FFN):
     """Self-attention among queries, then cross-attention to audio memory, then FFN (post-norm).
 
     In cross-attention each head's query is [content (d/H) ; projected sine of the anchor (d/H)] and

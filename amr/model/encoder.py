@@ -40,7 +40,7 @@ def t2v_blocked(aud_pad: Tensor, txt_pad: Tensor, nhead: int, mode: T2VMask) -> 
     return quirk | key_pad
 
 
-class _FFN(nn.Module):
+class FFN(nn.Module):
     def __init__(self, dim: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
         self.linear1 = nn.Linear(dim, ffn_dim)
@@ -52,7 +52,7 @@ class _FFN(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
-class _EncoderLayer(_FFN):
+class _EncoderLayer(FFN):
     """Parameters shared by both encoder layer kinds: one attention, two norms, two dropouts."""
 
     def __init__(self, dim: int, nhead: int, ffn_dim: int, dropout: float) -> None:

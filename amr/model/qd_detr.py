@@ -13,7 +13,7 @@ positive half only, since the negative pass's decoder output is never used.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -194,9 +194,6 @@ class QDDETR(nn.Module):
                 {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
             ]
         return out
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from amr.data.annotations import load_annotations
-from amr.metrics.predictions import write_metrics, write_predictions
 from amr.metrics.retrieval import evaluate
+from amr.results.run_folder import RunFolder
 
 
 def fake_sweep(root: Path, gt_path: Path, systems: dict[str, dict], seeds: tuple[int, ...] = (1, 2)) -> Path:
@@ -35,13 +35,10 @@ def fake_sweep(root: Path, gt_path: Path, systems: dict[str, dict], seeds: tuple
                 rest = sorted(rng.uniform(0, q.duration, size=(4, 2)).tolist())
                 rows = [top] + [[min(a, b), max(a, b), 0.5 - 0.1 * i] for i, (a, b) in enumerate(rest)]
                 lines.append({"qid": q.qid, "query": q.query, "vid": q.vid, "pred_relevant_windows": rows})
-            run = root / f"{k}_{name},seed={seed}"
-            write_predictions(run / "predictions" / "test_preds.jsonl", lines)
+            run = RunFolder(root / f"{k}_{name},seed={seed}")
+            run.write_evaluation("test", lines, None)
             gt = {q.qid: np.asarray(q.windows) for q in queries}
-            write_metrics(
-                run / "test_metrics.json",
-                evaluate({ln["qid"]: np.asarray(ln["pred_relevant_windows"]) for ln in lines}, gt),
-            )
+            run.write_test_metrics(evaluate({ln["qid"]: np.asarray(ln["pred_relevant_windows"]) for ln in lines}, gt))
             overrides = [f"experiment={spec.get('experiment', name)}", *spec.get("overrides", []), f"seed={seed}"]
             info = {
                 "experiment": spec.get("experiment", name),
@@ -49,10 +46,14 @@ def fake_sweep(root: Path, gt_path: Path, systems: dict[str, dict], seeds: tuple
                 "seed": seed,
                 "annotations": {"test": str(gt_path)},
             }
-            (run / "run.json").write_text(json.dumps(info))
-            bt = {"pivots": spec.get("pivots", ["de"]), "stages": spec.get("stages", [])}
-            (run / ".hydra").mkdir()
-            (run / ".hydra" / "config.yaml").write_text(json.dumps({"augment": {"backtranslation": bt}}))
+            run.write_info(info)
+            run.write_config(
+                {
+                    "augment": {
+                        "backtranslation": {"pivots": spec.get("pivots", ["de"]), "stages": spec.get("stages", [])}
+                    }
+                }
+            )
     return root
 
 

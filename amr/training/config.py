@@ -15,11 +15,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
-from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, length_buckets
+from amr.inference.decoders import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR_LOGGED, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
-from amr.model.decode import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 from amr.model.matcher import SOLVERS
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -178,6 +178,10 @@ def stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, l
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+# ``${amr_monitor:}`` in a config (the callbacks group) is the tracked metric as logged
+OmegaConf.register_new_resolver("amr_monitor", lambda: MONITOR_LOGGED, replace=True)
 
 
 def _in(value: Any, allowed: tuple | list, what: str) -> None:

@@ -10,26 +10,24 @@ and ``rescore.json`` (what was chosen, from which validation figures).
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from amr.calibrate import TARGET_IOU, Calibrator, beside, features, fit, hits
 from amr.checkpoints import load_model
-from amr.data.dataset import MomentDataset, SplitData, collate
+from amr.data.dataset import MomentDataset, SplitData
 from amr.data.features import FEAT_DIM, Layout
 from amr.errors import InputError
-from amr.inference import Candidates, network_outputs
-from amr.io import atomic_open, write_json
-from amr.metrics.predictions import derived_overrides, evaluate_lines, write_derived_run
-from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, SHORT_NAMES, length_buckets
-from amr.model.decode import DECODERS, DecodeConfig
+from amr.inference.batch import Candidates
+from amr.inference.calibration import TARGET_IOU, Calibrator, beside, features, fit, hits
+from amr.inference.decoders import DECODERS, DecodeConfig
+from amr.inference.predictor import collect
+from amr.metrics.predictions import evaluate_lines
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
+from amr.results.run_folder import RESCORE_RECORD, RunFolder, derived_overrides, write_derived_run
 
 DATA_KEYS = ("name", "feat_dir", "max_a_l", "max_windows", "clip_len", "dtype", "overlong")
 
@@ -46,26 +44,23 @@ class Source:
 
     @classmethod
     def of(cls, run: Path) -> Source:
-        info_path, config_path = run / "run.json", run / ".hydra" / "config.yaml"
-        for path in (info_path, config_path):
+        folder = RunFolder(run)
+        for path in (folder.info_file, folder.config_file):
             if not path.is_file():
-                raise InputError(f"not a finished run: no {path.relative_to(run)}", run)
-        from omegaconf import OmegaConf
-
-        info = json.loads(info_path.read_text())
-        loaded = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
-        config = loaded if isinstance(loaded, dict) else {}
-        ckpt = Path(info.get("checkpoint") or run / "checkpoints" / "best.ckpt")
+                raise InputError(f"not a finished run: no {folder.rel(path)}", run)
+        info, config = folder.info(), folder.config()
+        ckpt = Path(info.get("checkpoint") or folder.best_ckpt)
         if not ckpt.is_file():
             raise InputError(f"the run's checkpoint {ckpt} is missing", run)
         if not (info.get("annotations") or {}).get("val") or not info["annotations"].get("test"):
-            raise InputError("run.json names no val/test annotations (a run from an older amr?)", info_path)
+            what = f"{folder.rel(folder.info_file)} names no val/test annotations (a run from an older amr?)"
+            raise InputError(what, folder.info_file)
         try:
             decode = DecodeConfig(**(config.get("decode") or {}))
             decode.check()
         except (TypeError, ValueError) as e:
-            raise InputError(f"the run's decode config is not usable ({e})", config_path) from None
-        return cls(run, info, {str(k): v for k, v in config.items()}, ckpt, decode)
+            raise InputError(f"the run's decode config is not usable ({e})", folder.config_file) from None
+        return cls(run, info, config, ckpt, decode)
 
     def split(self, role: str, cache_dir: Path) -> MomentDataset:
         """The run's val or test split, read from where its run.json says its annotations are."""
@@ -82,13 +77,16 @@ class Source:
         )
 
 
-@torch.inference_mode()
-def collect(model: torch.nn.Module, dataset: MomentDataset, batch_size: int = 100) -> Candidates:
-    """The network's candidates for every query of a split (one pass)."""
-    out = Candidates()
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        out.extend(network_outputs(model, batch)[1])
-    return out
+def output_folders(runs: Sequence[Path], out: Path) -> list[Path]:
+    """Where each rescored run goes: one run -> ``out``; several -> ``out/<run folder name>``;
+    refused when any exists (a run folder is never overwritten)."""
+    targets = [out] if len(runs) == 1 else [out / r.resolve().name for r in runs]
+    if len({t.name for t in targets}) != len(targets):
+        raise InputError("several runs share a folder name; rescore them one at a time", "--out")
+    for t in targets:
+        if t.exists():
+            raise InputError("output exists (a run folder is never overwritten)", t)
+    return targets
 
 
 def grid(base: DecodeConfig, choices: Mapping[str, Sequence[Any]]) -> list[DecodeConfig]:
@@ -159,8 +157,6 @@ def write_result(
     doc: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
     """Decode every split once with the chosen settings and write ``out`` as a run; the metrics."""
-    from omegaconf import OmegaConf
-
     buckets = length_buckets(DEFAULT_BUCKET_EDGES)
     lines = {role: c.lines(decode, calibrator) for role, c in splits.items()}
     results = {role: evaluate_lines(ln, src.info["annotations"][role], buckets) for role, ln in lines.items()}
@@ -169,10 +165,8 @@ def write_result(
     )
     info = dict(src.info, overrides=derived_overrides([src.info], extra), derived_from=[str(src.run.resolve())])
     info["checkpoint"] = str(src.ckpt.resolve())
-    write_derived_run(out, info, lines, results)
-    with atomic_open(out / ".hydra" / "config.yaml") as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(dict(src.config, decode=asdict(decode)))))
-    write_json(out / "rescore.json", dict(doc, decode=asdict(decode)))
+    folder = write_derived_run(out, info, lines, results, (RESCORE_RECORD, dict(doc, decode=asdict(decode))))
+    folder.write_config(dict(src.config, decode=asdict(decode)))
     return results
 
 
@@ -181,7 +175,7 @@ def rescore(
     out: Path,
     decode: DecodeConfig | None = None,
     choices: Mapping[str, Sequence[Any]] | None = None,
-    metric: str = "R1@0.7",
+    metric: str = MONITOR,
     calibrate: str | None = None,
     replace_calibrator: bool = False,
     target_iou: float = TARGET_IOU,

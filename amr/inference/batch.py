@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from amr.calibrate import Calibrator
+from amr.inference.calibration import Calibrator
+from amr.inference.decoders import DecodeConfig, Rows, decode_batch
 from amr.model import postprocess
-from amr.model.decode import DecodeConfig, Rows, decode_batch
 
 MAX_TS = 300.0  # the official clamp of predicted windows, in seconds, whatever the recording's length
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from amr.io import atomic_open
-from amr.report.stats import Estimate
+from amr.results.report.stats import Estimate
 
 STYLE: dict[str, Any] = {
     "font.size": 8,

@@ -19,7 +19,6 @@ runs' weighted scores for it over the sum of the weights.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from amr.errors import InputError
-from amr.io import write_json
-from amr.metrics.predictions import derived_overrides, evaluate_lines, load_predictions, write_derived_run
+from amr.metrics.iou import window_iou
+from amr.metrics.predictions import evaluate_lines, load_predictions
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MAX_PREDICTIONS, length_buckets
+from amr.results.run_folder import ENSEMBLE_RECORD, RunFolder, derived_overrides, write_derived_run
 
 METHODS = ("wbf", "average")
 
@@ -76,15 +76,6 @@ class _Cluster:
         return self.score / total_weight
 
 
-def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """IoU of two windows; two equal empty windows overlap fully."""
-    inter = min(a[1], b[1]) - max(a[0], b[0])
-    if inter < 0:
-        return 0.0
-    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
-    return inter / union if union > 0 else float(a == b)
-
-
 def wbf(
     rows: Sequence[np.ndarray], weights: Sequence[float], iou: float = 0.55, top: int = MAX_PREDICTIONS
 ) -> np.ndarray:
@@ -95,10 +86,12 @@ def wbf(
     boxes.sort(key=lambda b: -b[0])  # stable: ties keep run order
     clusters: list[_Cluster] = []
     for score, k, st, ed, raw in boxes:
-        best, best_iou = None, iou
-        for c in clusters:
-            if k not in c.runs and (o := _iou(c.fused, (st, ed))) >= best_iou:
-                best, best_iou = c, o  # the first of equal overlaps wins
+        best = None
+        if clusters:
+            overlaps = window_iou(np.array([[st, ed]]), np.array([c.fused for c in clusters]))[0]
+            open_ = [i for i, c in enumerate(clusters) if k not in c.runs and overlaps[i] >= iou]
+            if open_:  # the most overlapping; of equal overlaps, the latest cluster
+                best = clusters[max(open_, key=lambda i: (overlaps[i], i))]
         if best is None:
             best = _Cluster()
             clusters.append(best)
@@ -141,17 +134,6 @@ def fuse(
     return lines
 
 
-def _split_files(run: Path, split: str) -> tuple[Path, Path | None]:
-    """A run's predictions of a split and its annotation file (from run.json; None when unknown)."""
-    preds = run / "predictions" / f"{split}_preds.jsonl"
-    info_path = run / "run.json"
-    gt = None
-    if info_path.is_file():
-        gt_name = json.loads(info_path.read_text()).get("annotations", {}).get(split)
-        gt = Path(gt_name) if gt_name else None
-    return preds, gt
-
-
 def _check_members(runs: Sequence[Path], weights: Sequence[float] | None, method: str, iou: float) -> list[float]:
     if method not in METHODS:
         raise InputError(f"unknown method '{method}' (one of {', '.join(METHODS)})", "--method")
@@ -163,8 +145,9 @@ def _check_members(runs: Sequence[Path], weights: Sequence[float] | None, method
     if len(w) != len(runs) or any(not x > 0 for x in w):
         raise InputError(f"--weights needs one positive weight per run ({len(runs)}), got {w}", "--weights")
     for run in runs:
-        if not (run / "predictions" / "test_preds.jsonl").is_file():
-            raise InputError("no predictions/test_preds.jsonl in this run", run)
+        folder = RunFolder(run)
+        if not folder.predictions("test").is_file():
+            raise InputError(f"no {folder.rel(folder.predictions('test'))} in this run", run)
     return w
 
 
@@ -179,20 +162,21 @@ def ensemble(
     ``<split>_preds.jsonl``, ``<split>_metrics.json`` (official, and per GT length bucket) and
     ``ensemble.json``. Returns the metrics per split."""
     w = _check_members(runs, weights, method, iou)
-    infos = [_info(r) for r in runs]
+    folders = [RunFolder(r) for r in runs]
+    infos = [f.info() for f in folders]
     results: dict[str, dict[str, Any]] = {}
     lines: dict[str, list[dict[str, Any]]] = {}
     annotations: dict[str, str] = {}
     for split in ("val", "test"):
-        files = [_split_files(r, split) for r in runs]
-        if not all(p.is_file() for p, _ in files):
+        files = [f.predictions(split) for f in folders]
+        if not all(p.is_file() for p in files):
             continue
-        loaded = [load_predictions(p) for p, _ in files]
-        for (p, _), preds in zip(files[1:], loaded[1:], strict=True):
+        loaded = [load_predictions(p) for p in files]
+        for p, preds in zip(files[1:], loaded[1:], strict=True):
             if set(preds) != set(loaded[0]):
-                raise InputError(f"predicts other {split} queries than {files[0][0]}", p)
+                raise InputError(f"predicts other {split} queries than {files[0]}", p)
         lines[split] = fuse(loaded, w, method, iou)
-        gt = files[0][1]
+        gt = folders[0].annotations(split)
         if gt is not None and gt.is_file():
             annotations[split] = str(gt)
             results[split] = evaluate_lines(lines[split], gt, buckets=length_buckets(DEFAULT_BUCKET_EDGES))
@@ -203,12 +187,6 @@ def ensemble(
         "annotations": annotations,
         "derived_from": [str(r) for r in runs],
     }
-    write_derived_run(out, info, lines, results)
-    members = [str(r) for r in runs]
-    write_json(out / "ensemble.json", {"method": method, "iou": iou, "runs": members, "weights": w})
+    record = {"method": method, "iou": iou, "runs": [str(r) for r in runs], "weights": w}
+    write_derived_run(out, info, lines, results, (ENSEMBLE_RECORD, record))
     return results
-
-
-def _info(run: Path) -> dict[str, Any]:
-    path = run / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

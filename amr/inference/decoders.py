@@ -14,9 +14,12 @@ the T frames, vectorised over recordings and segment lengths).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
+
+from amr.errors import InputError
 
 Rows = list[list[float]]  # ranked [st, ed, score] rows of one query, seconds
 
@@ -247,3 +250,42 @@ def decode_batch(
 def decode_sample(detr_rows: Rows, saliency: np.ndarray, duration: float, cfg: DecodeConfig, top: int = 10) -> Rows:
     """One query's rows under ``cfg`` (:func:`decode_batch` of one)."""
     return decode_batch([detr_rows], [np.asarray(saliency)], [duration], cfg, top)[0]
+
+
+def _setting_value(key: str, text: str, where: str) -> Any:
+    kinds = {f.name: type(getattr(DecodeConfig(), f.name)) for f in fields(DecodeConfig) if f.name != "name"}
+    if key not in kinds:
+        raise InputError(f"unknown decode setting {key!r} (one of {', '.join(kinds)})", where)
+    try:
+        return kinds[key](text)
+    except ValueError:
+        raise InputError(f"decode.{key} needs a {kinds[key].__name__}, got {text!r}", where) from None
+
+
+def _pairs(items: Sequence[str] | None, where: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not text:
+            raise InputError(f"expected KEY=VALUE, got {item!r}", where)
+        out.append((key.removeprefix("decode."), text))
+    return out
+
+
+def parse_decode(name: str | None, settings: Sequence[str] | None) -> DecodeConfig | None:
+    """``--decode NAME --set KEY=VALUE ...`` as a checked config (None: no decoder named)."""
+    if name is None:
+        if settings:
+            raise InputError("--set needs --decode NAME", "--set")
+        return None
+    cfg = replace(DecodeConfig(name), **{k: _setting_value(k, v, "--set") for k, v in _pairs(settings, "--set")})
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise InputError(str(e), "--decode") from None
+    return cfg
+
+
+def parse_choices(items: Sequence[str] | None) -> dict[str, list[Any]]:
+    """``--choose KEY=V1,V2,...`` as the values of each setting to choose from."""
+    return {k: [_setting_value(k, v, "--choose") for v in text.split(",")] for k, text in _pairs(items, "--choose")}

@@ -9,10 +9,11 @@ from pathlib import Path
 from amr.errors import InputError
 from amr.io import atomic_open, write_json
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES
-from amr.report import figures
-from amr.report import sweep as sw
-from amr.report.runs import COLUMNS, data_digest
-from amr.report.stats import Estimate, Paired
+from amr.results.report import figures
+from amr.results.report import sweep as sw
+from amr.results.report.runs import COLUMNS, data_digest
+from amr.results.report.stats import Estimate, Paired
+from amr.results.run_folder import RunFolder
 
 METHOD = (
     "Intervals: 95 %; one seed: BCa bootstrap over test queries; several seeds: two-level bootstrap "
@@ -104,7 +105,7 @@ def _write_figures(out: Path, sweep: sw.Sweep) -> list[tuple[str, str]]:
         figures.save(figures.curves_figure(curves, sweep.metrics), out / "val_curves.png")
         drawn.append(("Validation curves (star: the epoch of the best checkpoint)", "val_curves.png"))
     for run in sweep.runs[:8]:
-        tl = run.path / "predictions" / "test_timeline.png"
+        tl = RunFolder(run.path).timeline
         if tl.is_file():
             (out / "timelines").mkdir(exist_ok=True)
             (out / "timelines" / f"{run.path.name}.png").write_bytes(tl.read_bytes())

@@ -9,11 +9,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
-from amr.inference import predict_batch
-from amr.metrics.retrieval import length_buckets, logged_names
+from amr.inference.batch import predict_batch
+from amr.inference.decoders import DecodeConfig
+from amr.metrics.retrieval import MONITOR, length_buckets, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
 from amr.model import QDDETR, QDDETRConfig, build_criterion
-from amr.model.decode import DecodeConfig
 
 
 def adamw(
@@ -30,6 +30,15 @@ def adamw(
 
 
 FULL_PRECISION = {"32-true", "32", "64-true", "64"}
+LOSS_TERMS = ("loss_span", "loss_giou", "loss_label", "loss_saliency")  # logged per epoch beside the total
+
+
+def optimisers(params: Iterable[torch.nn.Parameter], optim: dict[str, Any], precision: Any) -> dict[str, Any]:
+    """The official optimiser set-up: AdamW (fused in full precision, see :func:`adamw`) and StepLR
+    stepped once per epoch; with the official lr_drop 400 > epochs the rate stays constant."""
+    opt = adamw(params, lr=optim["lr"], weight_decay=optim["weight_decay"], fused=str(precision) in FULL_PRECISION)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=optim["lr_drop"], gamma=optim.get("lr_gamma", 0.1))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def role_metric(dm: Any, role: str, device: torch.device) -> MomentRetrievalMetric:
@@ -67,7 +76,7 @@ class MomentRetrievalModule(pl.LightningModule):
         total = self.criterion.total(losses)
         bs = len(batch["index"])
         self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
-        for k in ("loss_span", "loss_giou", "loss_label", "loss_saliency"):
+        for k in LOSS_TERMS:
             self.log(f"train/{k}", losses[k], on_step=False, on_epoch=True, batch_size=bs)
         return total
 
@@ -117,7 +126,7 @@ class MomentRetrievalModule(pl.LightningModule):
         if self.trainer.state.fn == TrainerFn.VALIDATING:
             return  # the best checkpoint's validation after fitting: written to files, not logged per epoch
         for name, value in logged_names(result["brief"]).items():  # and per GT-length bucket
-            self.log(f"{role}/{name}", value, prog_bar=name in ("R1@0.7", "mAP"))
+            self.log(f"{role}/{name}", value, prog_bar=name in (MONITOR, "mAP"))
 
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val")
@@ -126,14 +135,4 @@ class MomentRetrievalModule(pl.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self) -> Any:
-        opt = adamw(
-            self.parameters(),
-            lr=self.hparams["optim"]["lr"],
-            weight_decay=self.hparams["optim"]["weight_decay"],
-            fused=str(self.trainer.precision) in FULL_PRECISION,
-        )
-        # Stepped once per epoch; with the official lr_drop 400 > epochs the rate stays constant.
-        sched = torch.optim.lr_scheduler.StepLR(
-            opt, step_size=self.hparams["optim"]["lr_drop"], gamma=self.hparams["optim"].get("lr_gamma", 0.1)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return optimisers(self.parameters(), self.hparams["optim"], self.trainer.precision)

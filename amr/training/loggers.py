@@ -15,13 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 
-from amr.runs import sweep_keys, system_name, tags
+from amr.metrics.retrieval import MONITOR_LOGGED
+from amr.results.run_folder import LOGS, RunFolder, set_aside_csv
 from amr.runtime import step_seed
+from amr.training.naming import sweep_keys, system_name, tags
 
 log = logging.getLogger("amr.train")
 # Lightning's per-Trainer notices (device lines, tips) and its model summary: once per process
 _LIGHTNING_NOTICES = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 _seen_a_stage = False
+EPOCH_LINE = ("train/loss", "val/R1@0.5", MONITOR_LOGGED, "val/mAP")  # the figures of an epoch's log line
 
 
 def first_stage_of_process() -> bool:
@@ -43,7 +46,7 @@ class EpochLine(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         m = trainer.callback_metrics
-        parts = [f"{k}={float(m[k]):.4g}" for k in ("train/loss", "val/R1@0.5", "val/R1@0.7", "val/mAP") if k in m]
+        parts = [f"{k}={float(m[k]):.4g}" for k in EPOCH_LINE if k in m]
         log.info("[%s] epoch %d/%d %s", self.stage, trainer.current_epoch + 1, trainer.max_epochs, " ".join(parts))
 
 
@@ -56,15 +59,6 @@ class StepSeed(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
-
-
-def keep_csv_of_earlier_attempts(csv_dir: Path) -> None:
-    """Before a resumed stage logs again: move ``metrics.csv`` aside (Lightning would start it anew)
-    as ``metrics.before-resume-<n>.csv``, which ``amr report`` joins with the new one."""
-    current = csv_dir / "metrics.csv"
-    if current.is_file():
-        n = len(list(csv_dir.glob("metrics.before-resume-*.csv"))) + 1
-        os.replace(current, csv_dir / f"metrics.before-resume-{n}.csv")
 
 
 def stage_loggers(
@@ -83,11 +77,11 @@ def stage_loggers(
     given (a stacked member's name its own seed)."""
     loggers: list = []
     if resumed:
-        keep_csv_of_earlier_attempts(stage_dir / "logs" / stage)
+        set_aside_csv(RunFolder(stage_dir).logs / stage)
     if cfg.logger.csv is not None:
-        loggers.append(pl.loggers.CSVLogger(save_dir=str(stage_dir), name="logs", version=stage))
+        loggers.append(pl.loggers.CSVLogger(save_dir=str(stage_dir), name=LOGS, version=stage))
     if cfg.logger.tensorboard is not None:
-        loggers.append(pl.loggers.TensorBoardLogger(save_dir=str(stage_dir), name="logs", version=stage))
+        loggers.append(pl.loggers.TensorBoardLogger(save_dir=str(stage_dir), name=LOGS, version=stage))
     wb = cfg.logger.wandb
     if wb is not None:
         os.environ.setdefault("WANDB_MODE", wb.mode)

@@ -14,9 +14,9 @@ from scipy import stats as sps
 
 from amr.errors import InputError
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, GT_LENGTH_RANGE, SHORT_NAMES, length_buckets
-from amr.report import figures
-from amr.report.runs import COLUMNS, FULL, Run, check_by, find_runs, group_systems, seed_matrix, stage_curves
-from amr.report.stats import Estimate, Paired, interval, paired
+from amr.results.report import figures
+from amr.results.report.runs import COLUMNS, FULL, Run, check_by, find_runs, group_systems, seed_matrix, stage_curves
+from amr.results.report.stats import Estimate, Paired, interval, paired
 
 HEADLINE = ("R1@0.5", "R1@0.7", "mAP")  # the metrics of figures and comparisons
 PIVOTS_KEY = "augment.backtranslation.pivots"

@@ -10,6 +10,9 @@ than the model's maximum length (300 frames, as in training) are cut into window
 half; each window is predicted on its own and the candidates of all windows are merged by score
 with temporal non-maximum suppression, so a moment shorter than half a window lies whole in at
 least one window.
+
+A whole split (``amr submit``, ``amr decode``) goes through the network once, batch by batch
+(:func:`collect`), as validation and test batch it.
 """
 
 from __future__ import annotations
@@ -17,22 +20,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from amr.calibrate import Calibrator, beside
-from amr.checkpoints import load_model, stored_decode
+from amr.checkpoints import Checkpoint
 from amr.data.annotations import Query
-from amr.data.dataset import audio_input, collate, make_item
-from amr.data.features import AUDIO_KEY, FEAT_DIM, check_features, l2_normalize, load_npz_array
+from amr.data.dataset import MomentDataset, SplitData, audio_input, collate, make_item
+from amr.data.features import AUDIO_KEY, FEAT_DIM, Layout, check_features, l2_normalize, load_npz_array
 from amr.errors import InputError
-from amr.inference import predict_batch
-from amr.model.decode import DecodeConfig
+from amr.inference.batch import Candidates, network_outputs, predict_batch
+from amr.inference.calibration import Calibrator, beside
+from amr.inference.decoders import DecodeConfig
+from amr.metrics.iou import window_iou
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
+
+EVALUATION_SET = "dcase2026_evaluation"  # the DCASE evaluation set's name in the official layout
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,15 @@ def window_starts(n: int, size: int) -> list[int]:
     return [*starts, n - size]
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else float(a[0] == b[0] and a[1] == b[1])
+def at_least_one(value: int, name: str) -> None:
+    """A count option (``top_k``, ``max_frames``) of 0 or less is one line naming it."""
+    if value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}", name)
+
+
+def check_query(query: str, where: str = "<query>") -> None:
+    if not query.strip():
+        raise InputError("query is empty (only whitespace)", where)
 
 
 def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None = None) -> list[list[float]]:
@@ -87,7 +99,7 @@ def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None =
     already kept one by ``iou`` or more (stable for equal scores)."""
     kept: list[list[float]] = []
     for r in sorted(rows, key=lambda r: -r[2]):
-        if all(_iou(r, k) < iou for k in kept):
+        if not kept or bool((window_iou(np.array([r]), np.array(kept)) < iou).all()):
             kept.append(list(r))
             if top_k is not None and len(kept) == top_k:
                 break
@@ -95,12 +107,12 @@ def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None =
 
 
 def decoding(
-    ckpt: str | Path, decode: DecodeConfig | None = None, calibrator: str | Path | bool = True
+    ckpt: Checkpoint, decode: DecodeConfig | None = None, calibrator: str | Path | bool = True
 ) -> tuple[DecodeConfig, Calibrator | None]:
     """How a checkpoint's predictions are formed: ``decode`` (default: the calibrator's decoder when
     there is one, else the checkpoint's own, else the official one) and the calibrator (``True``:
     ``calibrator.json`` beside the checkpoint when present; ``False``: none; a path: that file)."""
-    path = beside(ckpt) if calibrator is True else (Path(calibrator) if calibrator else None)
+    path = beside(ckpt.path) if calibrator is True else (Path(calibrator) if calibrator else None)
     cal = Calibrator.load(path) if path is not None and (path.is_file() or calibrator is not True) else None
     if cal is not None:
         if decode is not None and decode != cal.decoder():
@@ -112,8 +124,38 @@ def decoding(
         return cal.decoder(), cal
     if decode is not None:
         return decode, None
-    stored = stored_decode(ckpt)
-    return (DecodeConfig(**stored) if stored else DecodeConfig()), None
+    return (DecodeConfig(**ckpt.decode) if ckpt.decode else DecodeConfig()), None
+
+
+@torch.inference_mode()
+def collect(model: torch.nn.Module, dataset: MomentDataset, batch_size: int = 100) -> Candidates:
+    """The network's candidates for every query of a split (one pass, batches as evaluation's)."""
+    out = Candidates()
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        out.extend(network_outputs(model, batch)[1])
+    return out
+
+
+def evaluation_lines(
+    ckpt_path: str | Path,
+    data_root: Path,
+    feat_dir: str,
+    annotations: Path | None,
+    cache_dir: Path,
+    decode: DecodeConfig | None = None,
+    calibrator: bool = True,
+) -> tuple[list[dict[str, Any]], DecodeConfig, Calibrator | None]:
+    """The DCASE evaluation set's prediction lines (``amr submit``) from the distributed features
+    under ``data_root`` (annotations: default ``data/dcase2026_evaluation.jsonl`` there), and the
+    decoder and calibrator that formed them. The checkpoint is checked before the features are read."""
+    ckpt = Checkpoint.read(ckpt_path)
+    model = ckpt.model(FEAT_DIM)
+    decode, cal = decoding(ckpt, decode, calibrator)
+    layout = Layout(Path(data_root), EVALUATION_SET, feat_dir)
+    ann = Path(annotations) if annotations else Path(data_root) / "data" / f"{EVALUATION_SET}.jsonl"
+    data = SplitData.load(layout, "evaluation", cache_dir, require_windows=False, annotations=ann)
+    cands = collect(model, MomentDataset(data, train=False, with_labels=False))
+    return cands.lines(decode, cal), decode, cal
 
 
 class Predictor:
@@ -142,11 +184,11 @@ class Predictor:
     ) -> None:
         from amr.clap.model import pick_device
 
-        if max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        at_least_one(max_frames, "max_frames")
         self.device = pick_device(device)
-        self.model = load_model(ckpt, FEAT_DIM).to(self.device)
-        self.decode, self.calibrator = decoding(ckpt, decode, calibrator)
+        checkpoint = Checkpoint.read(ckpt)
+        self.model = checkpoint.model(FEAT_DIM).to(self.device)
+        self.decode, self.calibrator = decoding(checkpoint, decode, calibrator)
         self.clap_weights = clap_weights
         self.centered = centered
         self.max_frames = max_frames
@@ -177,8 +219,7 @@ class Predictor:
     def text_features(self, query: str | np.ndarray | torch.Tensor) -> np.ndarray:
         """(L, 768) GPT-2 token states of a query (text through MS-CLAP, or given as an array)."""
         if isinstance(query, str):
-            if not query.strip():
-                raise InputError("query is empty (only whitespace)", "<query>")
+            check_query(query)
             return self.clap.text([query])[0]
         arr = query.detach().cpu().numpy() if isinstance(query, torch.Tensor) else np.asarray(query)
         check_features(arr, "<text features>")
@@ -221,8 +262,7 @@ class Predictor:
         official one by default: integer seconds, ranked by confidence, no suppression), clamped to
         the recording instead of 300 s; a longer one is windowed, each window decoded, and merged.
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        at_least_one(top_k, "top_k")
         frames = self.audio_features(audio_or_features)
         txt = self.text_features(query)
         rows = self._windows(frames, txt)

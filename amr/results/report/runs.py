@@ -22,7 +22,8 @@ import numpy as np
 from amr.data.annotations import load_annotations
 from amr.errors import InputError
 from amr.metrics.predictions import load_predictions
-from amr.metrics.retrieval import GT_LENGTH_RANGE, SHORT_NAMES, THRESHOLDS, per_query_scores
+from amr.metrics.retrieval import GT_LENGTH_RANGE, MONITOR, SHORT_NAMES, THRESHOLDS, per_query_scores
+from amr.results.run_folder import RUN_INFO, TEST_METRICS, RunFolder, csv_attempts, finished_runs, stage_logs
 
 COLUMNS = tuple(SHORT_NAMES.values())  # metrics of the tables, in the official brief order
 FULL = "full"  # the official length range's name
@@ -107,33 +108,26 @@ class Run:
         return node
 
 
-def _load_run(metrics_path: Path) -> Run | None:
-    folder = metrics_path.parent
-    info_path = folder / "run.json"
-    if not info_path.is_file():
+def _load_run(folder: RunFolder) -> Run | None:
+    if not folder.info_file.is_file():
         return None
-    info = json.loads(info_path.read_text())
-    gt_name = info.get("annotations", {}).get("test")
-    if not gt_name:
-        raise InputError("run.json names no test annotations (a run from an older amr?)", info_path)
-    gt_path = Path(gt_name)
-    preds_path = folder / "predictions" / "test_preds.jsonl"
+    info = folder.info()
+    gt_path = folder.annotations("test")
+    if gt_path is None:
+        info_name = folder.rel(folder.info_file)
+        raise InputError(f"{info_name} names no test annotations (a run from an older amr?)", folder.info_file)
+    preds_path = folder.predictions("test")
     if not preds_path.is_file():
-        raise InputError("run has no predictions/test_preds.jsonl (intervals and per-length metrics need it)", folder)
+        why = "intervals and per-length metrics need it"
+        raise InputError(f"run has no {folder.rel(preds_path)} ({why})", folder.path)
     if not gt_path.is_file():
-        raise InputError(f"the run's test annotations {gt_path} are missing (moved or deleted?)", folder)
-    run = Run(
-        folder, info["experiment"], info["overrides"], info["seed"], json.loads(metrics_path.read_text()), gt_path
-    )
+        raise InputError(f"the run's test annotations {gt_path} are missing (moved or deleted?)", folder.path)
+    metrics = json.loads(folder.test_metrics.read_text())
+    run = Run(folder.path, info["experiment"], info["overrides"], info["seed"], metrics, gt_path)
     if info.get("pretrain_checkpoint"):
         run.pretrain_dir = Path(info["pretrain_checkpoint"]).parent
     run.predictions = load_predictions(preds_path, gt_qids=set(_ground_truth(gt_path)))
-    config_path = folder / ".hydra" / "config.yaml"
-    if config_path.is_file():
-        from omegaconf import OmegaConf
-
-        loaded = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
-        run.config = {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+    run.config = folder.config()
     return run
 
 
@@ -148,11 +142,10 @@ def find_runs(roots: Sequence[str | Path]) -> list[Run]:
     for root in map(Path, roots):
         if not root.exists():
             raise InputError("no such run or multirun folder", root)
-        runs += [r for p in sorted(root.rglob("test_metrics.json")) if (r := _load_run(p)) is not None]
+        runs += [r for folder in finished_runs(root) if (r := _load_run(folder)) is not None]
     if not runs:
-        raise InputError(
-            "no finished run (test_metrics.json with run.json) below the given folders", ", ".join(map(str, roots))
-        )
+        what = f"no finished run ({TEST_METRICS} with {RUN_INFO}) below the given folders"
+        raise InputError(what, ", ".join(map(str, roots)))
     by_data: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_data[data_digest(r.gt_path)].append(r)
@@ -202,15 +195,6 @@ def seed_matrix(
     return common, np.asarray(rows, dtype=float).reshape(len(scores), len(common))
 
 
-MONITOR = "R1@0.7"  # the validation metric the best checkpoint is chosen on (first epoch reaching its maximum)
-
-
-def _csv_attempts(stage_dir: Path) -> list[Path]:
-    """A stage's CSV logs in order: those kept from attempts before a resume, then the last one."""
-    earlier = sorted(stage_dir.glob("metrics.before-resume-*.csv"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-    return [*earlier, stage_dir / "metrics.csv"]
-
-
 def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, dict[int, float]], int | None]]:
     """Each logged stage's validation values by epoch (``metric -> {epoch: value}``, the first epoch
     is 1) and its best epoch.
@@ -221,10 +205,10 @@ def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, 
     """
     out = {}
     folders = [run.path] + ([run.pretrain_dir] if run.pretrain_dir is not None else [])
-    for stage_dir in sorted(p.parent for folder in folders for p in folder.glob("logs/*/metrics.csv")):
+    for stage_dir in sorted(d for folder in folders for d in stage_logs(folder)):
         values: dict[str, dict[int, float]] = {m: {} for m in {*metrics, MONITOR}}
         trained: set[int] = set()
-        for csv_path in _csv_attempts(stage_dir):  # a resumed stage: earlier attempts first
+        for csv_path in csv_attempts(stage_dir):  # a resumed stage: earlier attempts first
             with csv_path.open() as f:
                 for row in csv.DictReader(f):
                     epoch = int(row["epoch"]) + 1  # 1 = the first epoch, as the training log counts

@@ -15,15 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from amr.errors import InputError
-from amr.runs import SWEEP_KEYS_ENV, short_value, sweep_keys, system_name
+from amr.results.run_folder import RunFolder
+from amr.training.naming import SWEEP_KEYS_ENV, short_value, sweep_keys, system_name
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 TAKEN = "run folder already holds a run; pick another hydra.run.dir, or resume it with ckpt_path=last"
-
-
-def holds_run(out_dir: Path) -> bool:
-    return (out_dir / "checkpoints").exists() or (out_dir / "test_metrics.json").exists()
 
 
 def _job_name(experiment: str, seed: int) -> str:
@@ -71,7 +68,7 @@ def _refuse_taken_run_dir(cfg: DictConfig) -> None:
         return
     HydraConfig.instance().set_config(cfg)
     out = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
-    if holds_run(out):
+    if RunFolder(out).holds_run():
         print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from amr.errors import InputError
+from amr.inference.decoders import DecodeConfig, Rows, to_frames
 from amr.io import write_json
-from amr.model.decode import DecodeConfig, Rows, to_frames
+from amr.metrics.iou import window_iou
 
 FEATURES = (
     "score",
@@ -43,17 +44,6 @@ TARGET_IOU = 0.7
 FILE_NAME = "calibrator.json"
 
 
-def _iou(windows: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(N, 2) x (M, 2) windows -> (N, M) temporal IoU."""
-    inter = np.clip(
-        np.minimum(windows[:, None, 1], others[None, :, 1]) - np.maximum(windows[:, None, 0], others[None, :, 0]),
-        0,
-        None,
-    )
-    union = (windows[:, 1] - windows[:, 0])[:, None] + (others[:, 1] - others[:, 0])[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def features(rows: Rows, detr_rows: Rows, curve: np.ndarray, duration: float) -> np.ndarray:
     """One query's decoded rows (N, 3) -> (N, len(FEATURES)) features."""
     w = np.asarray(rows, dtype=float).reshape(-1, 3)
@@ -64,7 +54,7 @@ def features(rows: Rows, detr_rows: Rows, curve: np.ndarray, duration: float) ->
         return out
     out[:, 0] = w[:, 2]
     if len(detr):
-        out[:, 1] = (_iou(w[:, :2], detr[:, :2]) * detr[None, :, 2]).max(1)
+        out[:, 1] = (window_iou(w, detr) * detr[None, :, 2]).max(1)
     out[:, 2] = np.arange(n)
     length = np.maximum(w[:, 1] - w[:, 0], 0.0)
     out[:, 3] = np.log1p(length)
@@ -88,7 +78,7 @@ def hits(rows: Rows, gt_windows: Sequence[Sequence[float]], iou: float = TARGET_
     gt = np.asarray(gt_windows, dtype=float).reshape(-1, 2)
     if len(w) == 0 or len(gt) == 0:
         return np.zeros(len(w), dtype=bool)
-    return _iou(w, gt).max(1) >= iou
+    return window_iou(w, gt).max(1) >= iou
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from amr.data.annotations import Query
-from amr.report.figures import Timeline, save, timeline_figure
+from amr.results.report.figures import Timeline, save, timeline_figure
 
 
 def query_timeline(query: Query, systems: Mapping[str, dict[str, Any]], top: int = 3) -> Timeline:

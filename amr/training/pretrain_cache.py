@@ -21,8 +21,10 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from amr.config import plain, stage_augment
 from amr.io import write_json
+from amr.results.run_folder import RunFolder
+from amr.runtime import is_rank_zero
+from amr.training.config import plain, stage_augment
 
 log = logging.getLogger("amr.train")
 
@@ -41,13 +43,6 @@ class CachedStage:
     checkpoint: Path  # best.ckpt of the stage
     key: str
     wandb_run: str | None  # the W&B run that trained it, when one did
-
-
-def is_rank_zero() -> bool:
-    """Only global rank 0 writes files (DDP starts the same command once per process)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def pretrain_key(cfg: DictConfig) -> str:
@@ -107,10 +102,10 @@ def fetch_or_train(
         lock = FileLock(str(cache / f"{key}.lock"))
         _acquire(lock, key)
     try:
-        if (final / "best.ckpt").is_file():
+        if RunFolder(final).stored_best.is_file():
             return _cached(final, key)
         work = cache / f"{key}.partial"
-        resume = work / "checkpoints" / "last.ckpt"
+        resume = RunFolder(work).last_ckpt
         best, val, run_id = train_stage(work, resume if resume.is_file() else None)
         if not is_rank_zero():
             return CachedStage(best, key, run_id)
@@ -124,18 +119,18 @@ def _store(cfg: DictConfig, key: str, work: Path, best: Path, val: dict[str, Any
     """Turn a trained work folder into the cache entry (under the key's lock)."""
     final = Path(cfg.paths.pretrain_cache) / key
     # the entry keeps the best weights only: last.ckpt (optimiser state for resuming) is spent
-    os.replace(best, work / "best.ckpt")
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    os.replace(best, RunFolder(work).stored_best)
+    shutil.rmtree(RunFolder(work).checkpoints, ignore_errors=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     write_json(work / "stage.json", {"key": key, "val": val, "wandb_run": run_id, "config": config})
     os.rename(work, final)  # under the lock: nobody else finished it meanwhile
-    return CachedStage(final / "best.ckpt", key, run_id)
+    return CachedStage(RunFolder(final).stored_best, key, run_id)
 
 
 def _cached(final: Path, key: str) -> CachedStage:
     log.info("[pretrain] reusing cached stage %s", final)
     info = json.loads((final / "stage.json").read_text()) if (final / "stage.json").is_file() else {}
-    return CachedStage(final / "best.ckpt", key, info.get("wandb_run"))
+    return CachedStage(RunFolder(final).stored_best, key, info.get("wandb_run"))
 
 
 TrainMany = Callable[[list[DictConfig], list[Path], Path, Path | None], list[tuple[Path, dict[str, Any], str | None]]]
@@ -154,13 +149,13 @@ def fetch_or_train_many(cfgs: list[DictConfig], train_stages: TrainMany) -> list
     try:
         for k, lock in locks.items():
             _acquire(lock, k)
-        missing = [i for i, k in enumerate(keys) if not (cache / k / "best.ckpt").is_file()]
+        missing = [i for i, k in enumerate(keys) if not RunFolder(cache / k).stored_best.is_file()]
         trained: dict[int, CachedStage] = {}
         if missing:
             works = [cache / f"{keys[i]}.partial" for i in missing]
             shared = works[0] / "stacked"
             members = {"keys": [keys[i] for i in missing]}
-            last = shared / "checkpoints" / "last.ckpt"
+            last = RunFolder(shared).last_ckpt
             same = (shared / "members.json").is_file() and json.loads((shared / "members.json").read_text()) == members
             write_json(shared / "members.json", members)
             done = train_stages([cfgs[i] for i in missing], works, shared, last if same and last.is_file() else None)

@@ -1,5 +1,5 @@
 """``amr-train stacked_runs=N``: the runs of seeds ``seed .. seed + N - 1`` of one system, trained as
-one stacked model (:mod:`amr.stacked`) and written as N ordinary run folders ``<run>/seed=<s>/``
+one stacked model (:mod:`amr.training.stacked_module`) and written as N ordinary run folders ``<run>/seed=<s>/``
 (checkpoints, predictions, logs, ``run.json``, ``test_metrics.json``) that ``amr report`` reads
 as N runs. ``<run>/checkpoints/last.ckpt`` holds the stacked state (``ckpt_path=last`` resumes
 it). A pre-training stage is fetched from the cache, or trained, per member, as a run alone does.
@@ -17,30 +17,28 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from amr.checkpoints import AtomicCheckpointIO, load_weights
-from amr.config import plain
+from amr.checkpoints import AtomicCheckpointIO
 from amr.errors import InputError
-from amr.io import write_json
-from amr.launch import TAKEN, holds_run
-from amr.pretrain_cache import CachedStage, fetch_or_train_many
-from amr.runs import override_key
-from amr.stacked import StackedDataModule, StackedModule, write_member_weights
-from amr.stage_logging import (
-    StepSeed,
-    finish_wandb,
-    first_stage_of_process,
-    job_overrides,
-    stage_loggers,
-    wandb_run_id,
-)
-from amr.train import (
+from amr.results.run_folder import LAST, RunFolder
+from amr.training.launch import TAKEN
+from amr.training.loggers import EPOCH_LINE, StepSeed, finish_wandb, job_overrides, stage_loggers, wandb_run_id
+from amr.training.naming import override_key
+from amr.training.pretrain_cache import CachedStage, fetch_or_train_many
+from amr.training.stacked_module import StackedDataModule, StackedModule, write_member_weights
+from amr.training.stage import (
     MAIN_STAGE,
+    PRETRAIN_STAGE,
     StageResult,
-    _datamodule,
-    _evaluate_best,
-    _module,
-    _trainer,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    continue_counts,
+    evaluate_best,
     finish_run,
+    init_checkpoint,
+    pretrain_start,
+    stage_settings,
+    trainer_settings,
 )
 
 log = logging.getLogger("amr.train")
@@ -53,7 +51,7 @@ def member_configs(cfg: DictConfig, out_dir: Path) -> list[DictConfig]:
         c = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
         with open_dict(c):
             c.seed = cfg.seed + m
-            c.paths.output_dir = str(out_dir / f"seed={cfg.seed + m}")
+            c.paths.output_dir = str(RunFolder(out_dir).member(cfg.seed + m).path)
         members.append(c)
     return members
 
@@ -72,42 +70,33 @@ def _stacked_pretrain(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) ->
         todo: list[DictConfig], works: list[Path], shared: Path, resume: Path | None
     ) -> list[tuple[Path, dict[str, Any], str | None]]:
         jobs = [Path(c.paths.output_dir) for c in todo]
-        plan = StackedStage("pretrain", works, jobs, [None] * len(todo), [{}] * len(todo), shared, resume, False)
+        plan = StackedStage(PRETRAIN_STAGE, works, jobs, [None] * len(todo), [{}] * len(todo), shared, resume, False)
         return [(r.best_ckpt, r.results["val"]["brief"], r.wandb_run) for r in run_stacked_stage(cfg, todo, plan)]
 
     if not cfg.reuse_pretrain:
-        done = train_stages(cfgs, [Path(c.paths.output_dir) / "pretrain" for c in cfgs], out_dir / "pretrain", None)
+        works = [Path(c.paths.output_dir) / PRETRAIN_STAGE for c in cfgs]
+        done = train_stages(cfgs, works, out_dir / PRETRAIN_STAGE, None)
         return [CachedStage(best, "", run_id) for best, _, run_id in done]
     return fetch_or_train_many(cfgs, train_stages)
 
 
 def _start_points(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) -> list[tuple[Path | None, dict[str, Any]]]:
     """Each member's initial weights (``init_from``, or its pre-training) and what its run records."""
-    if cfg.init_from:
-        init = Path(cfg.init_from)
-        if not init.is_file():
-            raise InputError("checkpoint to initialise from not found", init)
+    init = init_checkpoint(cfg)
+    if init is not None:
         return [(init, {"init_from": str(init)})] * len(cfgs)
     if not cfg.pretrain.enabled:
         return [(None, {})] * len(cfgs)
-    starts: list[tuple[Path | None, dict[str, Any]]] = []
-    for c, cached in zip(cfgs, _stacked_pretrain(cfg, cfgs, out_dir), strict=True):
-        info = {"checkpoint": str(cached.checkpoint), "key": cached.key, "wandb_run": cached.wandb_run}
-        write_json(Path(c.paths.output_dir) / "pretrain.json", info)
-        start = {
-            "pretrain_checkpoint": info["checkpoint"],
-            "pretrain_key": cached.key,
-            "pretrain_wandb_run": cached.wandb_run,
-        }
-        starts.append((cached.checkpoint, start))
-    return starts
+    return [
+        (cached.checkpoint, pretrain_start(Path(c.paths.output_dir), cached.checkpoint, cached.key, cached.wandb_run))
+        for c, cached in zip(cfgs, _stacked_pretrain(cfg, cfgs, out_dir), strict=True)
+    ]
 
 
 def _stacked_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> pl.Trainer:
-    kwargs = {k: v for k, v in plain(cfg.trainer).items() if v is not None}
-    kwargs.setdefault("enable_model_summary", first_stage_of_process())
+    """The Trainer of the stacked state: its last checkpoint for resuming; members log their own rows."""
     last = ModelCheckpoint(
-        dirpath=str(out_dir / "checkpoints"), filename="last", save_top_k=1, enable_version_counter=False
+        dirpath=str(RunFolder(out_dir).checkpoints), filename=LAST, save_top_k=1, enable_version_counter=False
     )
     return pl.Trainer(
         max_epochs=max_epochs,
@@ -115,8 +104,7 @@ def _stacked_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> pl.Trai
         default_root_dir=str(out_dir),
         callbacks=[last, StepSeed(cfg.seed)],
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=kwargs.pop("enable_progress_bar", sys.stdout.isatty()),
-        **kwargs,
+        **trainer_settings(cfg, sys.stdout.isatty()),
     )
 
 
@@ -133,13 +121,6 @@ def _member_loggers(c: DictConfig, plan: StackedStage, m: int, resumed: bool, wa
     return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed, overrides)
 
 
-def _continue_counts(member: pl.Trainer, stacked: pl.Trainer) -> None:
-    """The member's evaluation Trainer at the epoch and step the fit ended on, so that its rows
-    carry them as a run alone's evaluation after its fit does."""
-    member.fit_loop.epoch_progress.current.completed = stacked.current_epoch
-    member.fit_loop.epoch_loop._batches_that_stepped = stacked.fit_loop.epoch_loop._batches_that_stepped
-
-
 @dataclass
 class StackedStage:
     """One stage of N members: where each writes, what it starts from, and the stacked state."""
@@ -154,22 +135,15 @@ class StackedStage:
     test: bool
 
 
-def _stage_settings(c: DictConfig, stage: str) -> tuple[DictConfig, DictConfig]:
-    return (c.pretrain.data, c.pretrain) if stage == "pretrain" else (c.data, c.train)
-
-
 def _members(cfgs: list[DictConfig], plan: StackedStage) -> tuple[list, list]:
     """Each member's datamodule and module, built as a run alone builds them under its seed."""
     dms, modules = [], []
     for c, init in zip(cfgs, plan.inits, strict=True):
         pl.seed_everything(c.seed, workers=True, verbose=False)  # a member's initial weights: its seed's
-        dm = _datamodule(c, plan.stage, *_stage_settings(c, plan.stage))
+        dm = build_datamodule(c, plan.stage)
         dm.load()
-        module = _module(c)
-        if init is not None and plan.resume is None:
-            load_weights(module, init)
         dms.append(dm)
-        modules.append(module)
+        modules.append(build_module(c, init if plan.resume is None else None))
     for dm in dms[1:]:
         dm.share_device_arrays(dms[0])
     return dms, modules
@@ -182,24 +156,25 @@ def run_stacked_stage(cfg: DictConfig, cfgs: list[DictConfig], plan: StackedStag
     loggers = [_member_loggers(c, plan, m, plan.resume is not None, wandb=False) for m, c in enumerate(cfgs)]
 
     def on_best(m: int, epoch: int) -> None:
-        (dirs[m] / "checkpoints").mkdir(parents=True, exist_ok=True)
-        write_member_weights(modules[m], dirs[m] / "checkpoints" / "best.ckpt")
+        folder = RunFolder(dirs[m])
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_member_weights(modules[m], folder.best_ckpt)
 
     def on_log(m: int, values: dict[str, float]) -> None:
         for lg in loggers[m]:
             lg.log_metrics(values, step=stacked.history[m][-1][0])
             lg.save()  # written as they come (no Trainer saves these loggers during the fit)
-        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k in ("train/loss", "val/R1@0.7", "val/mAP"))
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k in EPOCH_LINE)
         log.info("[%s seed=%d] epoch %d %s", plan.stage, cfgs[m].seed, stacked.current_epoch + 1, shown)
 
     stacked = StackedModule(modules, [c.seed for c in cfgs], on_best, on_log)
-    trainer = _stacked_trainer(cfg, plan.stacked_dir, _stage_settings(cfg, plan.stage)[1].max_epochs)
+    trainer = _stacked_trainer(cfg, plan.stacked_dir, stage_settings(cfg, plan.stage)[1].max_epochs)
     resume = str(plan.resume) if plan.resume else None
     trainer.fit(stacked, datamodule=StackedDataModule(dms), ckpt_path=resume, weights_only=True)
     stacked.sync_members()
     results = []
     for m, c in enumerate(cfgs):
-        best = dirs[m] / "checkpoints" / "best.ckpt"
+        best = RunFolder(dirs[m]).best_ckpt
         if not best.is_file():  # no validation ran (fast_dev_run, max_epochs=0): the last weights
             on_best(m, trainer.current_epoch)
         lgs = loggers[m] + _member_loggers(c, plan, m, False, wandb=True)
@@ -207,9 +182,9 @@ def run_stacked_stage(cfg: DictConfig, cfgs: list[DictConfig], plan: StackedStag
             for lg in lgs[len(loggers[m]) :]:  # W&B: the epochs' rows, written now
                 for step, values in stacked.history[m]:
                     lg.log_metrics(values, step=step)
-            member_trainer, _ = _trainer(c, plan.stage, _stage_settings(c, plan.stage)[1], dirs[m], lgs)
-            _continue_counts(member_trainer, trainer)
-            res = _evaluate_best(member_trainer, modules[m], dms[m], best, dirs[m], plan.test, lgs)
+            member_trainer, _ = build_trainer(c, plan.stage, dirs[m], lgs)
+            continue_counts(member_trainer, trainer)
+            res = evaluate_best(member_trainer, modules[m], dms[m], best, dirs[m], plan.test, lgs)
             results.append(StageResult(best, res, wandb_run_id(lgs)))
         finally:
             finish_wandb(lgs)
@@ -221,7 +196,7 @@ def train_stacked(cfg: DictConfig, out_dir: Path, resume: Path | None) -> dict[s
     cfgs = member_configs(cfg, out_dir)
     if resume is None:
         for c in cfgs:
-            if holds_run(Path(c.paths.output_dir)):
+            if RunFolder(Path(c.paths.output_dir)).holds_run():
                 raise InputError(TAKEN, c.paths.output_dir)
     starts = _start_points(cfg, cfgs, out_dir)
     dirs = [Path(c.paths.output_dir) for c in cfgs]

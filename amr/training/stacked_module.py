@@ -23,15 +23,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from amr.checkpoints import write_weights
-from amr.inference import predict_batch
-from amr.lit_module import FULL_PRECISION, MomentRetrievalModule, adamw, role_metric
-from amr.metrics.retrieval import logged_names
+from amr.inference.batch import predict_batch
+from amr.metrics.retrieval import MONITOR_LOGGED, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
 from amr.model.dropout import member_streams
 from amr.runtime import step_seed
+from amr.training.module import LOSS_TERMS, MomentRetrievalModule, optimisers, role_metric
 
-TRAIN_TERMS = ("loss", "loss_span", "loss_giou", "loss_label", "loss_saliency")  # logged per epoch, as a run alone
-MONITOR = "R1@0.7"  # the best epoch, as the single-run checkpoint callback picks it (val/R1@0.7)
+TRAIN_TERMS = ("loss", *LOSS_TERMS)  # logged per epoch, as a run alone logs them
 
 
 class _Samplers:
@@ -178,15 +177,7 @@ class StackedModule(pl.LightningModule):
             clip_per_member(list(self.stacked.values()), float(gradient_clip_val))
 
     def configure_optimizers(self) -> Any:
-        optim = self.members[0].hparams["optim"]
-        opt = adamw(
-            self.stacked.values(),
-            lr=optim["lr"],
-            weight_decay=optim["weight_decay"],
-            fused=str(self.trainer.precision) in FULL_PRECISION,
-        )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=optim["lr_drop"], gamma=optim.get("lr_gamma", 0.1))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        return optimisers(self.stacked.values(), self.members[0].hparams["optim"], self.trainer.precision)
 
     @torch.no_grad()
     def sync_members(self) -> None:
@@ -224,7 +215,7 @@ class StackedModule(pl.LightningModule):
                 continue
             self._log_member(m, values)
             # compared in float32, as the single run's checkpoint callback compares the logged value
-            score = float(torch.tensor(values[f"val/{MONITOR}"], dtype=torch.float32))
+            score = float(torch.tensor(values[MONITOR_LOGGED], dtype=torch.float32))
             if score > self.best[m]:
                 self.best[m] = score
                 self.on_best(m, self.current_epoch)

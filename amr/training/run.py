@@ -1,0 +1,159 @@
+"""``amr-train``: one run = an optional pre-training stage, then the main (fine-tune) stage, then
+test on the best checkpoint; or, with ``fit=false ckpt_path=PATH``, the test of a checkpoint alone.
+
+The pre-training result is cached (``amr.training.pretrain_cache``), so sweeps that change only fine-tuning
+settings train it once, in parallel jobs too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from amr.errors import InputError, os_error_line
+from amr.metrics.retrieval import MONITOR_KEY
+from amr.results.run_folder import RunFolder
+from amr.runtime import is_rank_zero, tune_allocator
+from amr.training.config import register, validate
+from amr.training.launch import CONF_DIR, TAKEN, preflight
+from amr.training.loggers import finish_wandb, stage_loggers
+from amr.training.pretrain_cache import CachedStage, fetch_or_train
+from amr.training.stage import (
+    MAIN_STAGE,
+    PRETRAIN_STAGE,
+    StageResult,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    evaluate_best,
+    finish_run,
+    init_checkpoint,
+    pretrain_start,
+    run_stage,
+)
+
+log = logging.getLogger("amr.train")
+register()
+
+
+def _pretrain(cfg: DictConfig, out_dir: Path) -> CachedStage:
+    """Best pre-training checkpoint, from the cache or trained now (then cached). With
+    ``reuse_pretrain=false`` the stage is trained inside the run folder and not cached."""
+
+    def train_in(work: Path, resume: Path | None) -> tuple[Path, dict[str, Any], str | None]:
+        r = run_stage(cfg, PRETRAIN_STAGE, work, out_dir, resume=resume, test=False)
+        return r.best_ckpt, r.results["val"]["brief"], r.wandb_run
+
+    if not cfg.reuse_pretrain:
+        best, _, run_id = train_in(out_dir / PRETRAIN_STAGE, None)
+        return CachedStage(best, "", run_id)
+    return fetch_or_train(cfg, train_in)
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResult:
+    """``fit=false``: the configured data's val (and test) split through a checkpoint, written as a
+    training run writes its final evaluation."""
+    dm = build_datamodule(cfg, MAIN_STAGE)
+    dm.load()
+    module = build_module(cfg)
+    loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
+    trainer, _ = build_trainer(cfg, MAIN_STAGE, out_dir, loggers)
+    try:
+        results = evaluate_best(trainer, module, dm, ckpt, out_dir, cfg.test, loggers)
+    finally:
+        finish_wandb(loggers)
+    return StageResult(ckpt, results)
+
+
+def _search_space() -> list[str]:
+    """The keys a Hydra sweeper searches over (``hparams_search``), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        params = HydraConfig.get().sweeper.get("params")
+    except ValueError:  # composed without Hydra's main (tests, notebooks)
+        return []
+    return [str(k) for k in params] if params else []
+
+
+def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from (``ckpt_path``), or None; refuses a folder that holds a run."""
+    if cfg.fit and cfg.ckpt_path:
+        resume = RunFolder(out_dir).last_ckpt if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+        if cfg.ckpt_path == "last" and not resume.is_file() and resume.parent.is_dir():
+            raise InputError(
+                f"no {resume.name}: the run stopped before its first epoch ended; start it again in a new folder, "
+                f"or remove this one first (rm -r {out_dir})",
+                resume.parent,
+            )
+        if not resume.is_file():
+            raise InputError("checkpoint to resume from not found", resume)
+        return resume
+    if not cfg.fit and not Path(cfg.ckpt_path).is_file():
+        raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
+    if is_rank_zero() and RunFolder(out_dir).holds_run():
+        raise InputError(TAKEN, out_dir)
+    return None
+
+
+def _main_stage(cfg: DictConfig, out_dir: Path, resume: Path | None) -> tuple[StageResult, dict[str, Any]]:
+    """Pre-training (cached) when enabled, then the main stage; returns it and what it started from."""
+    if not cfg.fit:
+        return evaluate_checkpoint(cfg, Path(cfg.ckpt_path), out_dir), {"evaluated": str(cfg.ckpt_path)}
+    init = init_checkpoint(cfg)
+    start: dict[str, Any] = {}
+    if init is not None:
+        start = {"init_from": str(init)}
+    elif cfg.pretrain.enabled:
+        cached = _pretrain(cfg, out_dir)
+        init = cached.checkpoint
+        start = pretrain_start(out_dir, cached.checkpoint, cached.key, cached.wandb_run)
+    result = run_stage(cfg, MAIN_STAGE, out_dir, out_dir, init_weights=init, resume=resume, test=cfg.test, logged=start)
+    return result, start
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stages; returns the final stage's results ({"val": ..., "test": ...})."""
+    validate(cfg, searched=_search_space())
+    out_dir = Path(cfg.paths.output_dir)
+    resume = _resume_point(cfg, out_dir)
+    if cfg.stacked_runs > 1:
+        from amr.training.stacked import train_stacked
+
+        return train_stacked(cfg, out_dir, resume)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    result, start = _main_stage(cfg, out_dir, resume)
+    if is_rank_zero():
+        finish_run(cfg, out_dir, result, start)
+    return result.results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    try:
+        results = train(cfg)
+    except (InputError, ValueError, OSError) as e:  # bad input or config: one line (HYDRA_FULL_ERROR=1: traceback)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    # objective for hparams_search: validation, never test
+    return float(results["val"]["brief"][MONITOR_KEY]) if "val" in results else None
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    preflight(argv)
+    tune_allocator()  # large activations reused from the heap instead of fresh pages each step
+    _main()
+
+
+if __name__ == "__main__":
+    main()
