@@ -260,3 +260,76 @@ def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch) 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     line = _one_error(capsys, ["submission", str(pred), "--out", str(tmp_path / "ro" / "s.jsonl")])
     assert line == f"error: {tmp_path / 'ro'}: Permission denied"
+
+
+def _sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled")
+    common = ["debug=fast", "pretrain=none", "logger=csv", f"paths.root={tmp_path}"]
+    cmd = [sys.executable, "-m", "amr.training.run", "-m", *common, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_a_failing_sweep_job_fails_alone_and_the_sweep_names_it(tmp_path) -> None:
+    """The first of four jobs is refused (a negative learning rate): the other three still run and
+    finish, the failed one is one line on stderr with its traceback in its own train.log, and the
+    sweep ends naming it with a non-zero exit status."""
+    sweep = tmp_path / "sweep"
+    proc = _sweep(tmp_path, "train.max_epochs=1", "optim.lr=-1,1e-4,2e-4,3e-4", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4 and [j.name.startswith("0_") for j in jobs] == [True, False, False, False]
+    assert [(j / "test_metrics.json").is_file() for j in jobs] == [False, True, True, True]
+    failed = jobs[0]
+    assert f"error: job {failed.name}: optim.lr must be > 0, got -1.0" in proc.stderr.splitlines()
+    summary = proc.stderr[proc.stderr.index("job(s) of the sweep failed") :].splitlines()
+    assert summary[1].strip() == f"{failed.name}: optim.lr must be > 0, got -1.0" and len(summary) == 2
+    assert "Traceback" in (failed / "train.log").read_text() and "Traceback" not in proc.stderr
+
+
+def test_a_failing_job_leaves_its_joblib_sibling_running(tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = _sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "train.max_epochs=2",
+        "optim.lr=-1,1e-4",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    finished = [p.parent.name for p in sweep.glob("*/test_metrics.json")]
+    assert finished == ["1_default,lr=0.0001,seed=2023"]
+    assert "1 job(s) of the sweep failed" in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["-cd", "--config-dir=", "sweep"])
+def test_a_config_dir_of_ones_own_adds_its_experiments(tmp_path, how) -> None:
+    """``-cd DIR``/``--config-dir=DIR`` (Hydra's own ways to add configs) pass the pre-flight
+    composition, in a run and in a sweep (it refused them: ``Could not find 'experiment/myexp'``)."""
+    mine = tmp_path / "myconf" / "experiment"
+    mine.mkdir(parents=True)
+    body = "defaults:\n  - override /pretrain: none\nexperiment_name: myexp\ntrain:\n  max_epochs: 1\n"
+    (mine / "myexp.yaml").write_text("# @package _global_\n" + body)
+    option = ["-cd", str(mine.parent)] if how != "--config-dir=" else [f"--config-dir={mine.parent}"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    where = (
+        [f"hydra.sweep.dir={tmp_path / 'out'}", "seed=1,2"] if how == "sweep" else [f"hydra.run.dir={tmp_path / 'out'}"]
+    )
+    cmd = [sys.executable, "-m", "amr.training.run", *(["-m"] if how == "sweep" else []), *option]
+    cmd += ["experiment=myexp", "debug=fast", "logger=csv", f"paths.root={tmp_path}", *where]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    infos = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").rglob("run.json"))]
+    assert len(infos) == (2 if how == "sweep" else 1) and all(i["experiment"] == "myexp" for i in infos)
+
+
+def test_config_source_reads_hydras_config_options() -> None:
+    from amr.training.launch import CONF_DIR, config_source
+
+    assert config_source(["experiment=x"], ["experiment=x"]) == (CONF_DIR, "train", ["experiment=x"])
+    d, name, over = config_source(
+        ["-cn", "other", "-cd", "/a", "hydra.searchpath=[pkg://x]"], ["hydra.searchpath=[pkg://x]"]
+    )
+    assert (d, name, over) == (CONF_DIR, "other", ["hydra.searchpath=[file:///a,pkg://x]"])
+    assert config_source(["--config-path=/elsewhere/conf"], [])[0] == "/elsewhere/conf"

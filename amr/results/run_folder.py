@@ -13,6 +13,7 @@
       logs/<stage>/metrics.csv  CSV rows of a stage (metrics.before-resume-<n>.csv: earlier attempts)
       seed=<s>/                 a member's own run folder (``stacked_runs=N``)
       rescore.json, ensemble.json   what a derived run (``amr decode``/``calibrate``/``ensemble``) was made of
+      failed.json               a sweep job that failed: its error line (the traceback is in train.log)
 
 A training stage writes the same checkpoints/, predictions/ and logs/ into its stage folder (the
 run's own, or a pre-training cache entry's, whose finished form keeps ``best.ckpt`` at its top).
@@ -44,6 +45,7 @@ SET_ASIDE_CSV = "metrics.before-resume-{n}.csv"
 RESCORE_RECORD = "rescore.json"  # what a re-decoded run (amr decode, amr calibrate) was made of
 ENSEMBLE_RECORD = "ensemble.json"  # what a fused run (amr ensemble) was made of
 RECORDS = (RESCORE_RECORD, ENSEMBLE_RECORD)
+FAILURE = "failed.json"
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ class RunFolder:
         """Where CSV and TensorBoard loggers write (``logs/<stage>/``)."""
         return self.path / LOGS
 
+    @property
+    def failure(self) -> Path:
+        return self.path / FAILURE
+
     def member(self, seed: int) -> RunFolder:
         """A stacked member's own run folder."""
         return RunFolder(self.path / f"seed={seed}")
@@ -151,6 +157,9 @@ class RunFolder:
         with atomic_open(self.config_file) as f:
             f.write(OmegaConf.to_yaml(OmegaConf.create(dict(config))))
 
+    def write_failure(self, record: Mapping[str, Any]) -> None:
+        write_json(self.failure, dict(record))
+
     def write_record(self, name: str, doc: Mapping[str, Any]) -> None:
         """What a derived run was made of (one of ``RECORDS``)."""
         if name not in RECORDS:
@@ -162,6 +171,12 @@ def finished_runs(root: Path) -> Iterator[RunFolder]:
     """Every folder below ``root`` (itself included) that holds a test result, in path order."""
     for metrics in sorted(root.rglob(TEST_METRICS)):
         yield RunFolder(metrics.parent)
+
+
+def failed_jobs(sweep_dir: Path, launch: str) -> list[dict[str, Any]]:
+    """The failure records of the jobs of one sweep launch (``launch``: its id), in folder order."""
+    records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{FAILURE}"))]
+    return [r for r in records if r.get("launch") == launch]
 
 
 def stage_logs(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from amr.metrics.retrieval import MONITOR_KEY
 from amr.results.run_folder import RunFolder
 from amr.runtime import is_rank_zero, tune_allocator
 from amr.training.config import register, validate
-from amr.training.launch import CONF_DIR, TAKEN, preflight
+from amr.training.launch import CONF_DIR, FAILED, TAKEN, in_sweep, job_failed, preflight
 from amr.training.loggers import finish_wandb, stage_loggers
 from amr.training.pretrain_cache import CachedStage, fetch_or_train
 from amr.training.stage import (
@@ -139,11 +139,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    except (InputError, ValueError, OSError) as e:  # bad input or config: one line (HYDRA_FULL_ERROR=1: traceback)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        expected = isinstance(e, (InputError, ValueError, OSError))  # bad input or config: one line
+        sweep = in_sweep()
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or sweep):
             raise
-        print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if isinstance(e, OSError):
+            line = os_error_line(e)
+        else:
+            line = str(e) if expected else f"{type(e).__name__}: {e}".splitlines()[0]
+        if not sweep:
+            print(f"error: {line}", file=sys.stderr)
+            raise SystemExit(2) from None
+        job_failed(line, sys.exc_info())  # type: ignore[arg-type]
+        return None  # the sweep goes on; an optimising sweeper counts the trial as failed
     # objective for hparams_search: validation, never test
     return float(results["val"]["brief"][MONITOR_KEY]) if "val" in results else None
 
@@ -153,6 +162,8 @@ def main() -> None:
     preflight(argv)
     tune_allocator()  # large activations reused from the heap instead of fresh pages each step
     _main()
+    if FAILED:  # a sweep with failed jobs (each named at its end)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
