@@ -229,11 +229,27 @@ def test_callbacks_group_is_instantiated(tmp_path) -> None:
     assert any("EMAWeightAveraging" in k for k in last["callbacks"])
 
 
-def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path) -> None:
-    train(_cfg(tmp_path, "run", "experiment=castella_only"))
+@pytest.mark.parametrize("trained_with", [[], ["decode=segmental", "model.hidden_dim=64"]], ids=["default", "own"])
+def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path, trained_with) -> None:
+    """``fit=false`` evaluates a checkpoint with the decoder and network it was trained with, not
+    the composed defaults (a segmental run evaluated with detr scored another result)."""
+    train(_cfg(tmp_path, "run", "experiment=castella_only", *trained_with))
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
     train(_cfg(tmp_path, "eval", "experiment=castella_only", "fit=false", f"ckpt_path={best}"))
     for name in ("test_metrics.json", "predictions/test_preds.jsonl", "predictions/val_metrics.json"):
         assert (tmp_path / "eval" / name).read_text() == (tmp_path / "run" / name).read_text(), name
     assert json.loads((tmp_path / "eval" / "run.json").read_text())["evaluated"] == str(best)
     assert not (tmp_path / "eval" / "checkpoints").exists()  # nothing trained
+    if not trained_with:
+        return
+    # a decoder on the command line wins over the checkpoint's, and says so
+    proc = _amr_train(
+        "experiment=castella_only", "debug=fast", "logger=none", "fit=false", f"ckpt_path={best}", "decode=detr",
+        f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'detr'}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "detr" / "train.log").read_text()
+    assert "fit=false: decode as the command line sets it: {'name': 'detr'" in log
+    assert "fit=false: model as the checkpoint says: {'hidden_dim': 64" in log
+    preds = "predictions/test_preds.jsonl"
+    assert (tmp_path / "detr" / preds).read_text() != (tmp_path / "run" / preds).read_text()

@@ -25,7 +25,8 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _root(key: str) -> str:
+def key_root(key: str) -> str:
+    """``model.hidden_dim`` -> ``model``; ``hydra/launcher`` -> ``hydra``."""
     return re.split(r"[./]", key, maxsplit=1)[0]
 
 
@@ -55,7 +56,7 @@ def label(overrides: list[str]) -> list[str]:
 def system_overrides(overrides: list[str], sweep_keys: set[str] | None = None) -> list[str]:
     """The overrides that set a run's system apart: those a sweep varies (when ``sweep_keys`` is
     given), else every override that changes the result (not the seed, paths, loggers, ...)."""
-    kept = [o for o in overrides if "=" in o and _root(override_key(o)) not in NOT_SYSTEM]
+    kept = [o for o in overrides if "=" in o and key_root(override_key(o)) not in NOT_SYSTEM]
     if sweep_keys is not None:
         kept = [o for o in kept if override_key(o) in sweep_keys]
     return kept
@@ -75,7 +76,7 @@ def tags(overrides: list[str]) -> list[str]:
     """One tag per override (Hydra's own keys left out), each within W&B's length limit."""
     out = []
     for o in overrides:
-        if "=" not in o or _root(override_key(o)) == "hydra":
+        if "=" not in o or key_root(override_key(o)) == "hydra":
             continue
         tag = o if len(o) <= MAX_TAG else f"{override_key(o)[:30]}={short_value(o.split('=', 1)[1])}"
         out.append(tag[:MAX_TAG])

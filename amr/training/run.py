@@ -7,23 +7,28 @@ settings train it once, in parallel jobs too.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from amr.checkpoints import Checkpoint
 from amr.errors import InputError, os_error_line
+from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import MONITOR_KEY
 from amr.results.run_folder import RunFolder
 from amr.runtime import is_rank_zero, tune_allocator
-from amr.training.config import register, validate
+from amr.training.config import plain, register, validate
 from amr.training.launch import CONF_DIR, FAILED, TAKEN, in_sweep, job_failed, preflight
-from amr.training.loggers import finish_wandb, stage_loggers
+from amr.training.loggers import finish_wandb, job_overrides, stage_loggers
+from amr.training.naming import key_root, override_key
 from amr.training.pretrain_cache import CachedStage, fetch_or_train
 from amr.training.stage import (
     MAIN_STAGE,
@@ -57,9 +62,28 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> CachedStage:
     return fetch_or_train(cfg, train_in)
 
 
+def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> DictConfig:
+    """The config a checkpoint is evaluated with: its own decoder and network settings (a
+    checkpoint without a decoder: the official one), unless the command line sets them. Each
+    choice that differs from the composed config is said in the log."""
+    given = {key_root(override_key(o)) for o in job_overrides()}
+    stored = {"decode": ckpt.decode or asdict(DecodeConfig()), "model": ckpt.hyper_parameters.get("model")}
+    cfg = cast(DictConfig, copy.deepcopy(cfg))
+    for key, value in stored.items():
+        if key in given:
+            log.info("fit=false: %s as the command line sets it: %s", key, plain(cfg[key]))
+        elif value is not None and value != plain(cfg[key]):
+            with open_dict(cfg):
+                cfg[key] = OmegaConf.merge(cfg[key], value)
+            log.info("fit=false: %s as the checkpoint says: %s", key, value)
+    return cfg
+
+
 def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResult:
-    """``fit=false``: the configured data's val (and test) split through a checkpoint, written as a
-    training run writes its final evaluation."""
+    """``fit=false``: the configured data's val (and test) split through a checkpoint (with its own
+    decoder and network settings unless overridden), written as a training run writes its final
+    evaluation."""
+    cfg = as_the_checkpoint_says(cfg, Checkpoint.read(ckpt))
     dm = build_datamodule(cfg, MAIN_STAGE)
     dm.load()
     module = build_module(cfg)
