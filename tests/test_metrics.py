@@ -184,3 +184,25 @@ def test_bucket_edges_are_checked_and_named() -> None:
     for bad in ([3], [0, 3, 3], [-1, 3], [5, 1]):
         with pytest.raises(ValueError, match="strictly increasing"):
             length_buckets(bad)
+
+
+def test_window_iou_has_one_edge_rule_in_both_forms() -> None:
+    """Empty-union pairs: the same zero-length window overlaps fully, any other pair not at all;
+    touching windows do not overlap. The plain-Python pair form agrees value for value."""
+    from amr.metrics.iou import official_cross_iou, pair_iou, window_iou
+
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 20, size=(200, 1)).astype(float)
+    windows = np.concatenate([starts, starts + rng.integers(0, 6, size=(200, 1))], 1)  # a third of length 0
+    windows = np.concatenate([windows, [[5.0, 5.0], [5.0, 5.0], [2.0, 5.0], [5.0, 9.0], [0.5, 3.25]]])
+    grid = window_iou(windows, windows)
+    assert grid.shape == (205, 205) and np.all((grid >= 0) & (grid <= 1))
+    assert all(pair_iou(a, b) == grid[i, j] for i, a in enumerate(windows) for j, b in enumerate(windows))
+    assert grid[200, 201] == 1.0 and pair_iou([5.0, 5.0], [6.0, 6.0]) == 0.0  # same empty window / another
+    assert pair_iou([2.0, 5.0], [5.0, 9.0]) == 0.0  # touching
+    assert pair_iou([0.5, 3.25, 0.9], [1.0, 3.25]) == 2.25 / 2.75  # extra columns (scores) are ignored
+    assert window_iou(np.zeros((0, 3)), windows).shape == (0, 205)
+    # the official evaluator's IoU differs only where the union is empty (NaN there, counted as a match)
+    official = official_cross_iou(windows, windows)
+    empty = np.isnan(official)
+    assert empty.any() and np.array_equal(official[~empty], grid[~empty])

@@ -34,7 +34,7 @@ from amr.errors import InputError
 from amr.inference.batch import Candidates, network_outputs, predict_batch
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
-from amr.metrics.iou import window_iou
+from amr.metrics.iou import pair_iou
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
@@ -99,7 +99,7 @@ def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None =
     already kept one by ``iou`` or more (stable for equal scores)."""
     kept: list[list[float]] = []
     for r in sorted(rows, key=lambda r: -r[2]):
-        if not kept or bool((window_iou(np.array([r]), np.array(kept)) < iou).all()):
+        if all(pair_iou(r, k) < iou for k in kept):
             kept.append(list(r))
             if top_k is not None and len(kept) == top_k:
                 break

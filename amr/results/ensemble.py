@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from amr.errors import InputError
-from amr.metrics.iou import window_iou
+from amr.metrics.iou import pair_iou
 from amr.metrics.predictions import evaluate_lines, load_predictions
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MAX_PREDICTIONS, length_buckets
 from amr.results.run_folder import ENSEMBLE_RECORD, RunFolder, derived_overrides, write_derived_run
@@ -86,12 +86,10 @@ def wbf(
     boxes.sort(key=lambda b: -b[0])  # stable: ties keep run order
     clusters: list[_Cluster] = []
     for score, k, st, ed, raw in boxes:
-        best = None
-        if clusters:
-            overlaps = window_iou(np.array([[st, ed]]), np.array([c.fused for c in clusters]))[0]
-            open_ = [i for i, c in enumerate(clusters) if k not in c.runs and overlaps[i] >= iou]
-            if open_:  # the most overlapping; of equal overlaps, the latest cluster
-                best = clusters[max(open_, key=lambda i: (overlaps[i], i))]
+        best, best_iou = None, iou
+        for c in clusters:  # the most overlapping cluster without a window of this run; of equals, the last
+            if k not in c.runs and (o := pair_iou((st, ed), c.fused)) >= best_iou:
+                best, best_iou = c, o
         if best is None:
             best = _Cluster()
             clusters.append(best)
