@@ -15,11 +15,10 @@ from typing import Any, cast
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from amr.checkpoints import AtomicCheckpointIO
 from amr.errors import InputError
-from amr.results.run_folder import LAST, RunFolder
+from amr.results.run_folder import RunFolder
 from amr.training.launch import TAKEN
 from amr.training.loggers import EPOCH_LINE, StepSeed, finish_wandb, job_overrides, stage_loggers, wandb_run_id
 from amr.training.naming import override_key
@@ -32,6 +31,7 @@ from amr.training.stage import (
     build_datamodule,
     build_module,
     build_trainer,
+    checkpoint_callback,
     continue_counts,
     evaluate_best,
     finish_run,
@@ -95,14 +95,11 @@ def _start_points(cfg: DictConfig, cfgs: list[DictConfig], out_dir: Path) -> lis
 
 def _stacked_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> pl.Trainer:
     """The Trainer of the stacked state: its last checkpoint for resuming; members log their own rows."""
-    last = ModelCheckpoint(
-        dirpath=str(RunFolder(out_dir).checkpoints), filename=LAST, save_top_k=1, enable_version_counter=False
-    )
     return pl.Trainer(
         max_epochs=max_epochs,
         logger=False,
         default_root_dir=str(out_dir),
-        callbacks=[last, StepSeed(cfg.seed)],
+        callbacks=[checkpoint_callback(out_dir, best=False), StepSeed(cfg.seed)],
         plugins=[AtomicCheckpointIO()],
         **trainer_settings(cfg, sys.stdout.isatty()),
     )
