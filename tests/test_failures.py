@@ -333,3 +333,16 @@ def test_config_source_reads_hydras_config_options() -> None:
     )
     assert (d, name, over) == (CONF_DIR, "other", ["hydra.searchpath=[file:///a,pkg://x]"])
     assert config_source(["--config-path=/elsewhere/conf"], [])[0] == "/elsewhere/conf"
+
+
+@pytest.mark.parametrize("key", ["data.root", "pretrain.data.root"])
+def test_a_mistyped_data_root_is_an_error_not_a_new_synthetic_set(tmp_path, key) -> None:
+    """With a synthetic data config, a ``data.root`` that holds no dataset is refused (it generated
+    a new synthetic set at the typo and trained on it); the set is generated only at its own root."""
+    typo = tmp_path / "typo"
+    with pytest.raises(InputError, match=r"typo: no \w+ dataset here .* generated only at its own root"):
+        train(_cfg(tmp_path, "run", f"{key}={typo}"))
+    assert not typo.exists() and not (tmp_path / "run").exists()
+    moved = tmp_path / "elsewhere"  # asked for explicitly: the synthetic set's own root
+    train(_cfg(tmp_path, "run", "pretrain=none", "train.max_epochs=1", f"data.synthetic.root={moved}"))
+    assert (moved / "data" / "castella_test_release.jsonl").is_file()

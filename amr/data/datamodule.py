@@ -17,6 +17,7 @@ from amr.data.dataset import MomentDataset, SplitData, collate
 from amr.data.device_batches import DeviceArrays, DeviceLoader
 from amr.data.features import Layout
 from amr.data.synth import generate
+from amr.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,20 @@ class EpochSampler(Sampler[int]):
 
 
 def ensure_dataset(data_cfg: Any) -> Layout:
-    """The dataset's layout; a synthetic dataset is generated first when its root holds none."""
+    """The dataset's layout; a synthetic dataset is generated first when its own root
+    (``synthetic.root``, which ``root`` follows by default) holds none. Any other root must hold a
+    dataset: a mistyped ``data.root`` is an error, never a new synthetic set."""
     layout = Layout(Path(data_cfg.root), data_cfg.name, data_cfg.feat_dir)
     synth = data_cfg.get("synthetic")
-    if synth is not None and not layout.annotations(data_cfg.splits.test).is_file():
-        generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
+    if synth is None or layout.annotations(data_cfg.splits.test).is_file():
+        return layout
+    if Path(synth.root).resolve() != layout.root.resolve():
+        raise InputError(
+            f"no {data_cfg.name} dataset here (no {layout.annotations(data_cfg.splits.test).name}); "
+            f"a synthetic set is generated only at its own root, data.synthetic.root={synth.root}",
+            layout.root,
+        )
+    generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
     return layout
 
 

@@ -38,6 +38,7 @@ class SynthCfg:
     preset: str = MISSING
     scale: float = 1.0
     seed: int = 0
+    root: str = MISSING  # where it is generated (data.root follows it unless set)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class DataCfg:
     verify: bool = False  # re-check every array of an existing pack for NaN/inf (reads the whole pack)
     # GT window length bucket edges (s) for per-length val/test metrics; [] for the official ones alone
     length_buckets: list[float] = field(default_factory=lambda: list(DEFAULT_BUCKET_EDGES))
-    synthetic: SynthCfg | None = None  # generate the root first if it holds no data
+    synthetic: SynthCfg | None = None  # generated at synthetic.root first when that holds no data
 
 
 @dataclass

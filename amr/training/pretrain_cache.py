@@ -45,13 +45,22 @@ class CachedStage:
     wandb_run: str | None  # the W&B run that trained it, when one did
 
 
+def _data_identity(data: dict[str, Any]) -> dict[str, Any]:
+    """The data settings that make a pre-training: ``verify`` is a check only, and a synthetic set's
+    ``root`` is ``data.root`` again (left out so that keys stay as they were)."""
+    out = {k: v for k, v in data.items() if k != "verify"}
+    if isinstance(out.get("synthetic"), dict):
+        out["synthetic"] = {k: v for k, v in out["synthetic"].items() if k != "root"}
+    return out
+
+
 def pretrain_key(cfg: DictConfig) -> str:
     """Hash of everything that affects the pre-training result."""
     trainer = {k: v for k, v in plain(cfg.trainer).items() if k not in NON_RESULT_TRAINER_KEYS}
     time_mask, pivots = stage_augment(cfg, "pretrain")
     callbacks = {k: v for k, v in plain(cfg.callbacks).items() if "ProgressBar" not in str(v.get("_target_"))}
     ident = {
-        "data": {k: v for k, v in plain(cfg.pretrain.data).items() if k != "verify"},  # verify: a check only
+        "data": _data_identity(plain(cfg.pretrain.data)),
         # the eval batch counts too: with the official T2V mask, outputs depend on the batch
         "stage": {
             "epochs": cfg.pretrain.max_epochs,

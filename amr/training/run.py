@@ -37,6 +37,7 @@ from amr.training.stage import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_datasets,
     evaluate_best,
     finish_run,
     init_checkpoint,
@@ -148,6 +149,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, searched=_search_space())
     out_dir = Path(cfg.paths.output_dir)
     resume = _resume_point(cfg, out_dir)
+    check_datasets(cfg)
     if cfg.stacked_runs > 1:
         from amr.training.stacked import train_stacked
 

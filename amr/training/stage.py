@@ -18,14 +18,14 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from amr.checkpoints import AtomicCheckpointIO, load_weights
-from amr.data.datamodule import MomentDataModule
+from amr.data.datamodule import MomentDataModule, ensure_dataset
 from amr.data.features import Layout
 from amr.errors import InputError
 from amr.metrics.retrieval import BRIEF_KEYS, MONITOR_LOGGED, SHORT_NAMES, logged_names
 from amr.results.report import write_timelines
 from amr.results.run_folder import BEST, LAST, RunFolder
 from amr.runtime import is_rank_zero
-from amr.training.config import plain, stage_augment
+from amr.training.config import plain, stage_augment, stages_of
 from amr.training.loggers import (
     EpochLine,
     StepSeed,
@@ -70,6 +70,14 @@ def build_datamodule(cfg: DictConfig, stage: str) -> MomentDataModule:
         on_device=cfg.batches_on_device,
         fixed_shapes=cfg.fixed_shapes,
     )
+
+
+def check_datasets(cfg: DictConfig) -> None:
+    """Every stage's dataset is there (a synthetic one generated at its own root) before any stage
+    trains: a mistyped root is one line at the start, not after a pre-training."""
+    trains_pretrain = cfg.fit and not cfg.init_from  # init_from replaces the pre-training stage
+    for stage in stages_of(cfg) if trains_pretrain else (MAIN_STAGE,):
+        ensure_dataset(stage_settings(cfg, stage)[0])
 
 
 def build_module(cfg: DictConfig, init: Path | None = None) -> MomentRetrievalModule:
