@@ -288,6 +288,25 @@ def test_compare_two_runs_and_two_systems(sweep) -> None:
     assert all(0.0 <= p <= 1.0 for p in p_values)
     proc = _amr("compare", str(runs[0]), str(sweep))
     assert proc.returncode != 0 and "holds 2 systems" in proc.stderr
+    assert "p (BH)" not in _amr("compare", str(runs[0]), str(runs[-1])).stdout  # a column compare has not
+
+
+def test_a_folder_of_links_to_runs_reads_as_those_runs(tmp_path) -> None:
+    """``amr compare``/``report`` on a folder of symlinked run folders (it found none); a link back
+    up, or two links to one run, read each run once."""
+    from amr.results.report import find_runs
+
+    gt = fake_annotations(tmp_path / "data" / "castella_test_release.jsonl", n=20)
+    sweep = fake_sweep(tmp_path / "sweep", gt, {"system1": {"noise": 0.3}}, seeds=(1, 2))
+    links = tmp_path / "links"
+    links.mkdir()
+    for run in sweep.iterdir():
+        (links / run.name).symlink_to(run, target_is_directory=True)
+    (links / "again").symlink_to(next(sweep.iterdir()), target_is_directory=True)
+    (links / "up").symlink_to(links, target_is_directory=True)
+    assert sorted(r.seed for r in find_runs([links])) == [1, 2]
+    proc = _amr("compare", str(links), str(sweep))
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_pre_training_shared_by_systems_is_drawn_once(tmp_path) -> None:

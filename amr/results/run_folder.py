@@ -168,9 +168,19 @@ class RunFolder:
 
 
 def finished_runs(root: Path) -> Iterator[RunFolder]:
-    """Every folder below ``root`` (itself included) that holds a test result, in path order."""
-    for metrics in sorted(root.rglob(TEST_METRICS)):
-        yield RunFolder(metrics.parent)
+    """Every folder below ``root`` (itself included) that holds a test result, in path order;
+    symlinked folders are followed (a folder of links to runs), each real folder once."""
+    seen: set[str] = set()
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up, or a second link to one run
+            dirs.clear()
+            continue
+        seen.add(real)
+        if TEST_METRICS in files:
+            found.append(Path(folder))
+    yield from (RunFolder(f) for f in sorted(found, key=lambda f: f / TEST_METRICS))
 
 
 def failed_jobs(sweep_dir: Path, launch: str) -> list[dict[str, Any]]:

@@ -18,11 +18,12 @@ from amr.results.run_folder import RunFolder
 METHOD = (
     "Intervals: 95 %; one seed: BCa bootstrap over test queries; several seeds: two-level bootstrap "
     "(seeds, then queries, resampled with replacement; percentile interval). Paired tests: two-sided paired "
-    "permutation test over the same test queries (seed-averaged per-query values); p (BH): Benjamini-Hochberg "
-    "adjusted over the table's comparisons. The p-value treats each system's seed-averaged predictions as fixed "
-    "(query sampling only) while the interval also carries the seeds' spread, so with few seeds an interval can "
-    "include 0 where p < 0.05: claims about a training recipe should rest on the interval."
+    "permutation test over the same test queries (seed-averaged per-query values){bh}. The p-value treats each "
+    "system's seed-averaged predictions as fixed (query sampling only) while the interval also carries the seeds' "
+    "spread, so with few seeds an interval can include 0 where p < 0.05: claims about a training recipe should "
+    "rest on the interval."
 )
+BH = "; p (BH): Benjamini-Hochberg adjusted over the table's comparisons"  # the report's table has that column
 
 
 def _cell(est: Estimate | None, std: float | None = None) -> str:
@@ -147,7 +148,7 @@ def report(
         "## Figures",
         *[f"**{caption}**\n\n![{caption}]({name})" for caption, name in drawn],
         "## Method",
-        METHOD,
+        METHOD.format(bh=BH),
     ]
     with atomic_open(out / "report.md") as f:
         f.write("\n\n".join(parts) + "\n")
@@ -173,7 +174,7 @@ def compare(run_a: str | Path, run_b: str | Path) -> str:
     for _, metric, p in sw.compare_systems(sa, [sb], COLUMNS):  # every metric of the table
         ea, eb = a.estimate(sa, metric), b.estimate(sb, metric)
         lines.append(_compare_line(metric, ea, eb, p))
-    return "\n".join(lines + ["", METHOD])
+    return "\n".join(lines + ["", METHOD.format(bh="")])
 
 
 def _compare_line(metric: str, ea: Estimate | None, eb: Estimate | None, p: Paired) -> str:
