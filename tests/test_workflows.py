@@ -110,6 +110,7 @@ def test_parallel_sweep_with_wandb_and_csv(tmp_path) -> None:
     assert sum(r.job_type == "pretrain" for r in runs) == 4 and sum(r.job_type == "finetune" for r in runs) == 8
     assert len({r.run_group for r in runs}) == 4  # one group per system, its seeds together
     assert all(len(r.display_name) <= 64 and all(len(t) <= MAX_TAG for t in r.tags) for r in runs)
+    assert all(f"sweep={sweep.name}" in r.tags for r in runs)  # two sweeps of one system are told apart
     logged = _wandb_history_keys(sweep)  # per GT-length bucket metrics beside the official ones
     assert {"val/R1@0.7", "val/3-10s/R1@0.7", "best/test/3-10s/mAP"} <= logged
     for j in jobs:  # the fine-tune run says which pre-training it started from
@@ -122,6 +123,31 @@ def test_parallel_sweep_with_wandb_and_csv(tmp_path) -> None:
     rows = [line for line in table.splitlines() if line.startswith("| system")][1:]
     assert len(rows) == 4 and all("| 2 |" in r for r in rows)
     assert "[pretrain] epoch 2/2" in (jobs[0] / "train.log").read_text()  # epoch lines in Hydra's job log
+
+
+def test_every_override_that_changes_results_names_the_system_alike_everywhere() -> None:
+    """A sweep over callbacks gave both jobs one folder name and one W&B group (``default``), while
+    the report told them apart; logger and launcher options split no system anywhere."""
+    from amr.results.report.runs import Run, group_systems
+    from amr.training.loggers import run_tags
+
+    swept = {"callbacks", "seed"}
+    names = {system_name("default", [f"callbacks={c}", "seed=1"], swept) for c in ("none", "ema")}
+    assert names == {"default,callbacks=none", "default,callbacks=ema"}
+    assert system_name("default", ["logger=[csv,wandb]", "hydra/launcher=joblib", "model.dropout=0.2"]) == (
+        "default,dropout=0.2"
+    )
+
+    def run(*overrides: str) -> Run:
+        return Run(Path("r"), "default", ["experiment=default", *overrides, "seed=1"], 1, {}, Path("gt"))
+
+    runs = [
+        run("callbacks=none", "logger=csv"),
+        run("callbacks=ema", "logger=csv"),
+        run("callbacks=ema", "logger=wandb"),
+    ]
+    assert list(group_systems(runs)) == ["default [callbacks=none]", "default [callbacks=ema]"]
+    assert run_tags(["baseline-v2", "x" * 80], ["seed=1"]) == ["baseline-v2", "x" * MAX_TAG, "seed=1"]  # kept as given
 
 
 def test_names_and_tags_stay_short_and_safe() -> None:

@@ -18,7 +18,8 @@ from pytorch_lightning.callbacks import Callback
 from amr.metrics.retrieval import MONITOR_LOGGED
 from amr.results.run_folder import LOGS, RunFolder, set_aside_csv
 from amr.runtime import step_seed
-from amr.training.naming import sweep_keys, system_name, tags
+from amr.training.launch import in_sweep
+from amr.training.naming import MAX_TAG, short_value, sweep_keys, system_name, tags
 
 log = logging.getLogger("amr.train")
 # Lightning's per-Trainer notices (device lines, tips) and its model summary: once per process
@@ -96,12 +97,20 @@ def stage_loggers(
                 group=wb.group or system,
                 job_type=stage,
                 name=f"{system},seed={cfg.seed}/{stage}",
-                tags=[*tags(list(cfg.tags)), *tags(overrides)],
+                tags=run_tags(list(cfg.tags), overrides),
                 mode=wb.mode,
                 config={**OmegaConf.to_container(cfg, resolve=True), "system": system, **extra},  # type: ignore[dict-item]
             )
         )
     return loggers
+
+
+def run_tags(own: list[str], overrides: list[str]) -> list[str]:
+    """A W&B run's tags: the config's ``tags`` as given, one per override, and in a sweep
+    ``sweep=<its folder's name>``, so that the runs of two sweeps of one system are told apart
+    (each tag within W&B's length limit)."""
+    sweep = [f"sweep={short_value(Path(str(HydraConfig.get().sweep.dir)).name)}"] if in_sweep() else []
+    return [str(t)[:MAX_TAG] for t in own] + tags(overrides) + [t[:MAX_TAG] for t in sweep]
 
 
 def wandb_run_id(loggers: list) -> str | None:

@@ -11,23 +11,10 @@ import hashlib
 import os
 import re
 
-# overrides that never make a system: where files go, how it is logged, which seed, resuming
-NOT_SYSTEM = (
-    "hydra", "paths", "logger", "callbacks", "seed", "experiment", "ckpt_path", "fit", "num_workers", "tags",
-    "stacked_runs",
-)  # fmt: skip
+from amr.results.systems import changes_results, key_root, override_key
+
 SWEEP_KEYS_ENV = "AMR_SWEEP_KEYS"  # set by amr-train -m: the keys the sweep varies
 MAX_TAG = 64  # W&B's limit on a tag's length
-
-
-def override_key(override: str) -> str:
-    """``+a.b=c`` -> ``a.b``; ``hydra/launcher=joblib`` -> ``hydra/launcher``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def key_root(key: str) -> str:
-    """``model.hidden_dim`` -> ``model``; ``hydra/launcher`` -> ``hydra``."""
-    return re.split(r"[./]", key, maxsplit=1)[0]
 
 
 def short_value(value: str, limit: int = 24) -> str:
@@ -54,9 +41,9 @@ def label(overrides: list[str]) -> list[str]:
 
 
 def system_overrides(overrides: list[str], sweep_keys: set[str] | None = None) -> list[str]:
-    """The overrides that set a run's system apart: those a sweep varies (when ``sweep_keys`` is
-    given), else every override that changes the result (not the seed, paths, loggers, ...)."""
-    kept = [o for o in overrides if "=" in o and key_root(override_key(o)) not in NOT_SYSTEM]
+    """The overrides that set a run's system apart (:func:`amr.results.systems.changes_results`):
+    those a sweep varies (when ``sweep_keys`` is given), else every one."""
+    kept = [o for o in overrides if changes_results(o)]
     if sweep_keys is not None:
         kept = [o for o in kept if override_key(o) in sweep_keys]
     return kept

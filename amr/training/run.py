@@ -24,11 +24,11 @@ from amr.errors import InputError, os_error_line
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import MONITOR_KEY
 from amr.results.run_folder import RunFolder
+from amr.results.systems import key_root, override_key
 from amr.runtime import is_rank_zero, tune_allocator
 from amr.training.config import plain, register, validate
 from amr.training.launch import CONF_DIR, FAILED, TAKEN, in_sweep, job_failed, preflight
 from amr.training.loggers import finish_wandb, job_overrides, stage_loggers
-from amr.training.naming import key_root, override_key
 from amr.training.pretrain_cache import CachedStage, fetch_or_train
 from amr.training.stage import (
     MAIN_STAGE,

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from amr.checkpoints import AtomicCheckpointIO
 from amr.errors import InputError
 from amr.results.run_folder import RunFolder
+from amr.results.systems import override_key
 from amr.training.launch import TAKEN
 from amr.training.loggers import EPOCH_LINE, StepSeed, finish_wandb, job_overrides, stage_loggers, wandb_run_id
-from amr.training.naming import override_key
 from amr.training.pretrain_cache import CachedStage, fetch_or_train_many
 from amr.training.stacked_module import StackedDataModule, StackedModule, write_member_weights
 from amr.training.stage import (

@@ -24,6 +24,7 @@ from amr.errors import InputError
 from amr.metrics.predictions import load_predictions
 from amr.metrics.retrieval import GT_LENGTH_RANGE, MONITOR, SHORT_NAMES, THRESHOLDS, per_query_scores
 from amr.results.run_folder import RUN_INFO, TEST_METRICS, RunFolder, csv_attempts, finished_runs, stage_logs
+from amr.results.systems import changes_results
 
 COLUMNS = tuple(SHORT_NAMES.values())  # metrics of the tables, in the official brief order
 FULL = "full"  # the official length range's name
@@ -84,7 +85,7 @@ class Run:
             return ",".join(f"{k}={kv.get(k, '-')}" for k in by)
         rest = []
         for o in self.overrides:
-            if not o.startswith(("seed=", "experiment=")) and "=" in o and o not in common:
+            if changes_results(o) and o not in common:
                 key, value = o.split("=", 1)
                 rest.append(f"{(short or {}).get(key, key)}={value}")
         return self.experiment + (f" [{', '.join(rest)}]" if rest else "")
