@@ -18,7 +18,7 @@ for exp in "${experiments[@]}"; do
     "$amr" decode "${runs[@]}" --out "$d/saliency" --decode saliency --choose threshold_k=0,0.5,1,1.5
     "$amr" decode "${runs[@]}" --out "$d/segmental" --decode segmental --choose penalty=-8,-4,-2,0 --choose threshold_k=0,0.5,1
     "$amr" decode "${runs[@]}" --out "$d/hybrid" --decode hybrid --choose detr_weight=0,0.25,0.5,0.75,1
-    "$amr" calibrate "${runs[@]}" --out "$d/calibrated" --decode detr --replace
+    "$amr" calibrate "${runs[@]}" --out "$d/calibrated" --decode detr
     "$amr" ensemble "${runs[@]}" --out "$d/ensemble"
     "$amr" report "${runs[@]}" "$d" --reference "$exp" --out "$d/report"
 done

@@ -19,12 +19,13 @@ def test_predict_cli_and_python_api_agree(clap, audio_dir, tmp_path) -> None:
     argv = ["predict", "--ckpt", str(ckpt), "--audio", str(wav), "--clap-weights", weights]
     proc = run_amr([*argv, "--query", "a dog barks", "--query", "rain", "--top-k", "3", "--json"], clap)
     docs = json.loads(proc.stdout)
+    assert "decode=detr (the official decoding), no calibrator" in proc.stderr.splitlines()  # what formed them
     assert [d["query"] for d in docs] == ["a dog barks", "rain"]
     for doc in docs:
         assert len(doc["moments"]) == 3
         scores = [m["score"] for m in doc["moments"]]
         assert scores == sorted(scores, reverse=True)
-        assert all(0 <= m["start"] <= m["end"] <= 7 for m in doc["moments"])  # 7 frames of 1 s
+        assert all(0 <= m["start"] < m["end"] <= 7 for m in doc["moments"])  # 7 frames of 1 s, none empty
     # the Python API gives the same moments; the table form prints one row per moment
     script = (
         "import json, sys, amr, amr.cli; amr.cli.main(sys.argv[4:]); "
@@ -47,6 +48,7 @@ def test_predict_cli_and_python_api_agree(clap, audio_dir, tmp_path) -> None:
             f"error: {audio_dir / 'silent.wav'}: silent audio",
         ),
         (["--query", "x", "--ckpt", weights], f"error: {weights}: not an amr checkpoint"),
+        (["--query", "x", "--calibrator", str(wav)], f"error: {wav}: not a usable calibrator"),
     ]:
         proc = run_amr([*argv, *extra], clap, check=False)
         assert proc.returncode == 2 and proc.stderr.strip().startswith(expected), proc.stderr
@@ -85,3 +87,14 @@ def test_long_recordings_are_windowed_and_merged(tmp_path) -> None:
     assert any(m.end > 300 for m in p.predict(long, txt, top_k=40))  # later windows contribute
 
     assert merge([[0, 10, 0.5], [1, 10, 0.9], [20, 30, 0.7], [0, 10, 0.6]], 0.7) == [[1, 10, 0.9], [20, 30, 0.7]]
+
+
+def test_a_zero_length_window_is_never_a_moment(tmp_path, monkeypatch) -> None:
+    from amr.inference.predictor import Predictor
+
+    p = Predictor(random_checkpoint(tmp_path / "model.ckpt"), device="cpu")
+    rows = [[5.0, 5.0, 0.9], [2.0, 6.0, 0.8], [7.0, 7.0, 0.7], [1.0, 3.0, 0.6]]
+    monkeypatch.setattr(Predictor, "_windows", lambda self, frames, txt: [list(r) for r in rows])
+    frames = np.zeros((20, 768), dtype=np.float32)
+    moments = p.predict(frames, np.zeros((4, 768), dtype=np.float32), top_k=3)
+    assert [(m.start, m.end) for m in moments] == [(2.0, 6.0), (1.0, 3.0)]

@@ -115,28 +115,35 @@ def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
     assert val["brief"]["MR-full-R1@0.7"] == max(figures)
     assert "decode.detr_weight=chosen" in json.loads((out / "hybrid" / "run.json").read_text())["overrides"]
 
-    # a calibrator fit on validation, beside the checkpoint, on the chosen decoding
+    # a calibrator fit on validation, on the chosen decoding, written under --out alone: the run it
+    # was fit for is not touched (it was: RUN/checkpoints/calibrator.json changed amr predict on RUN)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     proc = _amr("calibrate", str(out / "hybrid"), "--out", str(out / "calibrated"))  # 2 val queries, no hit
     assert proc.returncode == 2 and "all misses: nothing to calibrate" in proc.stderr
     proc = _amr("calibrate", str(out / "hybrid"), "--out", str(out / "calibrated"), "--target-iou", "0.3")
     assert proc.returncode == 0, proc.stderr
     ckpt = run / "checkpoints" / "best.ckpt"
-    cal = Calibrator.load(ckpt.parent / "calibrator.json")
+    cal_path = out / "calibrated" / "calibrator.json"
+    cal = Calibrator.load(cal_path)
     assert cal.decoder().name == "hybrid" and cal.decoder().detr_weight == doc["decode"]["detr_weight"]
     again = _amr("calibrate", str(out / "hybrid"), "--out", str(out / "again"), "--target-iou", "0.3")
-    assert again.returncode == 2 and "has a calibrator already" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1 and not (out / "again").exists()
+    assert again.returncode == 0 and Calibrator.load(out / "again" / "calibrator.json") == cal
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (out / "hybrid" / "calibrator.json").exists()
 
-    # Predictor: the calibrator and its decoder by default, on a long (windowed) recording too
-    p = Predictor(ckpt, device="cpu")
-    assert p.calibrator is not None and p.decode == cal.decoder()
+    # Predictor: the checkpoint's own decoding unless a calibrator is given; then it and its decoder,
+    # on a long (windowed) recording too; each says what formed its moments
+    plain = Predictor(ckpt, device="cpu")
+    assert plain.calibrator is None and plain.decode == DecodeConfig()  # the run's own (official) decoding
+    assert plain.decoding == "decode=detr (the checkpoint's), no calibrator"
+    p = Predictor(ckpt, device="cpu", calibrator=cal_path)
+    assert p.calibrator == cal and p.decode == cal.decoder()
+    assert p.decoding == f"decode=hybrid (the calibrator's), logistic calibrator {cal_path}"
     rng = np.random.default_rng(0)
     moments = p.predict(rng.standard_normal((400, 768)).astype(np.float32), rng.standard_normal((6, 768)), top_k=5)
     assert len(moments) == 5 and all(0 <= m.score <= 1 and 0 <= m.start < m.end <= 400 for m in moments)
-    plain = Predictor(ckpt, device="cpu", calibrator=False)
-    assert plain.calibrator is None and plain.decode == DecodeConfig()  # the run's own (official) decoding
     with pytest.raises(InputError, match="fit on decode=hybrid"):
-        Predictor(ckpt, device="cpu", decode=DecodeConfig("saliency"))
+        Predictor(ckpt, device="cpu", decode=DecodeConfig("saliency"), calibrator=cal_path)
 
     # every result reads as a run; fused seeds too
     assert _amr("ensemble", str(out / "detr"), str(out / "hybrid"), "--out", str(out / "fused")).returncode == 0

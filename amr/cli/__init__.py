@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amr.cli.common import add_decode_options, clap_options, encoder_factory
+from amr.cli.common import add_decode_options, calibrator_option, clap_options, encoder_factory
 from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
@@ -87,18 +87,17 @@ def _submit(args: argparse.Namespace) -> None:
     scores = args.out.with_suffix(".scores.jsonl")
     for out in (args.out, scores):
         check_output(out, [args.ckpt, *([args.annotations] if args.annotations else [])])
-    lines, decode, calibrator = evaluation_lines(
+    lines, how = evaluation_lines(
         args.ckpt,
         args.data_root,
         args.feat_dir,
         args.annotations,
         args.cache_dir,
         parse_decode(args.decode, args.set),
-        not args.no_calibrator,
+        calibrator_option(args),
     )
     write_predictions(scores, lines)
     write_submission(args.out, lines)
-    how = f"decode={decode.name}" + (f", {calibrator.method} calibrator" if calibrator else "")
     print(f"{len(lines)} queries ({how}): submission {args.out}, with scores {scores}")
 
 
@@ -148,8 +147,9 @@ def _predict(args: argparse.Namespace) -> None:
         args.centered,
         args.max_frames,
         decode=decode,
-        calibrator=not args.no_calibrator,
+        calibrator=calibrator_option(args),
     )
+    print(predictor.decoding, file=sys.stderr)  # which decoder and calibrator formed the moments
     frames = predictor.audio_features(recording)
     results = [(q, predictor.predict(frames, q, args.top_k)) for q in queries]
     if args.json:

@@ -30,10 +30,17 @@ def clap_options(p: argparse.ArgumentParser) -> None:
 
 def add_decode_options(p: argparse.ArgumentParser, calibrator: bool = True) -> None:
     """``--decode NAME --set KEY=VALUE`` (read by :func:`amr.inference.decoders.parse_decode`) and
-    ``--no-calibrator``."""
+    ``--calibrator PATH`` / ``--no-calibrator`` (:func:`calibrator_option`)."""
     from amr.inference.decoders import DECODERS
 
     p.add_argument("--decode", choices=list(DECODERS), help="decoder (default: the checkpoint's, else detr)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a decoder setting, e.g. penalty=-2")
     if calibrator:
-        p.add_argument("--no-calibrator", action="store_true", help="ignore the calibrator.json beside the checkpoint")
+        which = p.add_mutually_exclusive_group()
+        which.add_argument("--calibrator", type=Path, help="a calibrator written by amr calibrate (in its --out)")
+        which.add_argument("--no-calibrator", action="store_true", help="ignore a calibrator beside the checkpoint")
+
+
+def calibrator_option(args: argparse.Namespace) -> Path | bool:
+    """``--calibrator PATH``: that file; ``--no-calibrator``: none; neither: one beside the checkpoint, if any."""
+    return args.calibrator if args.calibrator is not None else not args.no_calibrator

@@ -26,7 +26,7 @@ def _rescore(args: argparse.Namespace, calibrate: str | None) -> None:
     for run, out in zip(args.runs, output_folders(args.runs, args.out), strict=True):
         target = getattr(args, "target_iou", 0.7)
         metric = args.metric or MONITOR
-        res = rescore(run, out, decode, choices, metric, calibrate, getattr(args, "replace", False), target)
+        res = rescore(run, out, decode, choices, metric, calibrate, target)
         brief = {k.removeprefix("MR-full-"): v for k, v in res["test"]["brief"].items() if k.startswith("MR-full-")}
         print(f"{out}: test " + " ".join(f"{k}={v:.2f}" for k, v in brief.items()))
 
@@ -40,11 +40,15 @@ def rescore_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--metric", help=f"validation metric the choice maximises (default {MONITOR})")
     d.set_defaults(fn=lambda a: _rescore(a, None))
 
-    c = sub.add_parser("calibrate", help="fit a score calibrator on validation; saved beside the checkpoint")
+    c = sub.add_parser("calibrate", help="fit a score calibrator on validation, written under --out only")
     c.add_argument("runs", nargs="+", type=Path, help="run folders, or folders written by amr decode")
-    c.add_argument("--out", required=True, type=Path, help="the calibrated test and validation, as a run folder")
+    c.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="the calibrated run folder, with its calibrator",
+    )
     c.add_argument("--method", choices=["logistic", "isotonic"], default="logistic")
-    c.add_argument("--replace", action="store_true", help="replace a calibrator already beside the checkpoint")
     c.add_argument("--target-iou", type=float, default=0.7, help="a hit: IoU with a GT window at least this")
     add_decode_options(c, calibrator=False)
     c.set_defaults(metric=None)

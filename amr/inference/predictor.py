@@ -108,10 +108,11 @@ def merge(rows: Sequence[Sequence[float]], iou: float = 0.7, top_k: int | None =
 
 def decoding(
     ckpt: Checkpoint, decode: DecodeConfig | None = None, calibrator: str | Path | bool = True
-) -> tuple[DecodeConfig, Calibrator | None]:
+) -> tuple[DecodeConfig, Calibrator | None, str]:
     """How a checkpoint's predictions are formed: ``decode`` (default: the calibrator's decoder when
-    there is one, else the checkpoint's own, else the official one) and the calibrator (``True``:
-    ``calibrator.json`` beside the checkpoint when present; ``False``: none; a path: that file)."""
+    there is one, else the checkpoint's own, else the official one), the calibrator (``True``:
+    ``calibrator.json`` beside the checkpoint when present; ``False``: none; a path: that file),
+    and both said in one line."""
     path = beside(ckpt.path) if calibrator is True else (Path(calibrator) if calibrator else None)
     cal = Calibrator.load(path) if path is not None and (path.is_file() or calibrator is not True) else None
     if cal is not None:
@@ -121,10 +122,12 @@ def decoding(
                 "leave --decode out or pass --no-calibrator",
                 path,
             )
-        return cal.decoder(), cal
+        return cal.decoder(), cal, f"decode={cal.decoder().name} (the calibrator's), {cal.method} calibrator {path}"
     if decode is not None:
-        return decode, None
-    return (DecodeConfig(**ckpt.decode) if ckpt.decode else DecodeConfig()), None
+        return decode, None, f"decode={decode.name} (given), no calibrator"
+    if ckpt.decode:
+        return DecodeConfig(**ckpt.decode), None, f"decode={ckpt.decode['name']} (the checkpoint's), no calibrator"
+    return DecodeConfig(), None, "decode=detr (the official decoding), no calibrator"
 
 
 @torch.inference_mode()
@@ -143,19 +146,20 @@ def evaluation_lines(
     annotations: Path | None,
     cache_dir: Path,
     decode: DecodeConfig | None = None,
-    calibrator: bool = True,
-) -> tuple[list[dict[str, Any]], DecodeConfig, Calibrator | None]:
+    calibrator: str | Path | bool = True,
+) -> tuple[list[dict[str, Any]], str]:
     """The DCASE evaluation set's prediction lines (``amr submit``) from the distributed features
     under ``data_root`` (annotations: default ``data/dcase2026_evaluation.jsonl`` there), and the
-    decoder and calibrator that formed them. The checkpoint is checked before the features are read."""
+    decoder and calibrator that formed them, in one line. The checkpoint is checked before the
+    features are read."""
     ckpt = Checkpoint.read(ckpt_path)
     model = ckpt.model(FEAT_DIM)
-    decode, cal = decoding(ckpt, decode, calibrator)
+    decode, cal, how = decoding(ckpt, decode, calibrator)
     layout = Layout(Path(data_root), EVALUATION_SET, feat_dir)
     ann = Path(annotations) if annotations else Path(data_root) / "data" / f"{EVALUATION_SET}.jsonl"
     data = SplitData.load(layout, "evaluation", cache_dir, require_windows=False, annotations=ann)
     cands = collect(model, MomentDataset(data, train=False, with_labels=False))
-    return cands.lines(decode, cal), decode, cal
+    return cands.lines(decode, cal), how
 
 
 class Predictor:
@@ -188,7 +192,7 @@ class Predictor:
         self.device = pick_device(device)
         checkpoint = Checkpoint.read(ckpt)
         self.model = checkpoint.model(FEAT_DIM).to(self.device)
-        self.decode, self.calibrator = decoding(checkpoint, decode, calibrator)
+        self.decode, self.calibrator, self.decoding = decoding(checkpoint, decode, calibrator)
         self.clap_weights = clap_weights
         self.centered = centered
         self.max_frames = max_frames
@@ -265,7 +269,7 @@ class Predictor:
         at_least_one(top_k, "top_k")
         frames = self.audio_features(audio_or_features)
         txt = self.text_features(query)
-        rows = self._windows(frames, txt)
+        rows = [r for r in self._windows(frames, txt) if r[1] > r[0]]  # a zero-length window is no moment
         if len(frames) > self.max_frames:
             rows = merge(rows, self.nms_iou, top_k)
         return [Moment(*r) for r in rows[:top_k]]

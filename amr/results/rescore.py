@@ -22,7 +22,7 @@ from amr.data.dataset import MomentDataset, SplitData
 from amr.data.features import FEAT_DIM, Layout
 from amr.errors import InputError
 from amr.inference.batch import Candidates
-from amr.inference.calibration import TARGET_IOU, Calibrator, beside, features, fit, hits
+from amr.inference.calibration import TARGET_IOU, Calibrator, features, fit, hits
 from amr.inference.decoders import DECODERS, DecodeConfig
 from amr.inference.predictor import collect
 from amr.metrics.predictions import evaluate_lines
@@ -177,19 +177,17 @@ def rescore(
     choices: Mapping[str, Sequence[Any]] | None = None,
     metric: str = MONITOR,
     calibrate: str | None = None,
-    replace_calibrator: bool = False,
     target_iou: float = TARGET_IOU,
     cache_dir: Path = Path("outputs/.cache/packs"),
 ) -> dict[str, dict[str, Any]]:
     """Decode ``run``'s checkpoint with ``decode`` (default: the run's), the ``choices`` picked by
     validation ``metric``, then (``calibrate``: a method) a calibrator fit on validation and saved
-    beside the checkpoint; test is decoded once, with what was chosen. Writes ``out``; the metrics."""
+    as ``out/calibrator.json``; test is decoded once, with what was chosen. Writes ``out`` (and
+    nothing else); the metrics."""
     src = Source.of(run)
     configs = grid(decode or src.decode, choices or {})
     metric_key(metric)
-    cal_path = beside(src.ckpt)
-    if calibrate and cal_path.exists() and not replace_calibrator:
-        raise InputError("the checkpoint has a calibrator already (pass --replace to fit a new one)", cal_path)
+    cal_path = RunFolder(out).calibrator  # written under out alone: the source run is never touched
     model = load_model(src.ckpt, FEAT_DIM)
     splits = {role: collect(model, src.split(role, cache_dir)) for role in ("val", "test")}
     gt_val = Path(src.info["annotations"]["val"])

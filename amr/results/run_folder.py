@@ -14,6 +14,7 @@
       seed=<s>/                 a member's own run folder (``stacked_runs=N``)
       rescore.json, ensemble.json   what a derived run (``amr decode``/``calibrate``/``ensemble``) was made of
       failed.json               a sweep job that failed: its error line (the traceback is in train.log)
+      calibrator.json           the calibrator ``amr calibrate`` fit (its run's own; the source run is not touched)
 
 A training stage writes the same checkpoints/, predictions/ and logs/ into its stage folder (the
 run's own, or a pre-training cache entry's, whose finished form keeps ``best.ckpt`` at its top).
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amr.inference.calibration import FILE_NAME as CALIBRATOR
 from amr.io import atomic_open, write_json
 from amr.metrics.predictions import write_metrics, write_predictions
 
@@ -101,6 +103,10 @@ class RunFolder:
     def logs(self) -> Path:
         """Where CSV and TensorBoard loggers write (``logs/<stage>/``)."""
         return self.path / LOGS
+
+    @property
+    def calibrator(self) -> Path:
+        return self.path / CALIBRATOR
 
     @property
     def failure(self) -> Path:
