@@ -109,8 +109,10 @@ def run_tags(own: list[str], overrides: list[str]) -> list[str]:
     """A W&B run's tags: the config's ``tags`` as given, one per override, and in a sweep
     ``sweep=<its folder's name>``, so that the runs of two sweeps of one system are told apart
     (each tag within W&B's length limit)."""
-    sweep = [f"sweep={short_value(Path(str(HydraConfig.get().sweep.dir)).name)}"] if in_sweep() else []
-    return [str(t)[:MAX_TAG] for t in own] + tags(overrides) + [t[:MAX_TAG] for t in sweep]
+    out = [str(t)[:MAX_TAG] for t in own] + tags(overrides)
+    if in_sweep():
+        out.append(f"sweep={short_value(Path(str(HydraConfig.get().sweep.dir)).name)}"[:MAX_TAG])
+    return out
 
 
 def wandb_run_id(loggers: list) -> str | None:

@@ -195,11 +195,12 @@ def run_stage(
     W&B run's config."""
     dm = build_datamodule(cfg, stage)
     dm.load()  # every input check happens here, before training starts
-    # other DDP ranks receive rank 0's weights when DDP wraps the model
-    init = init_weights if resume is None and (is_rank_zero() or (init_weights and init_weights.is_file())) else None
-    module = build_module(cfg, init)
-    if init is not None:
-        log.info("%s: initialised from %s", stage, init)
+    # weights only: fresh optimiser, scheduler and epoch (official recipe); other DDP ranks receive
+    # rank 0's weights when DDP wraps the model
+    loads = init_weights is not None and resume is None and (is_rank_zero() or init_weights.is_file())
+    module = build_module(cfg, init_weights if loads else None)
+    if loads:
+        log.info("%s: initialised from %s", stage, init_weights)
     loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {}, resumed=resume is not None)
     trainer, checkpoint = build_trainer(cfg, stage, stage_dir, loggers)
     try:
