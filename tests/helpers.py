@@ -4,6 +4,7 @@ random-weight amr checkpoint."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import struct
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_lightning import Callback
+from pytorch_lightning.loggers import Logger
 
 from amr.testing.tiny_clap import offline_env
 
@@ -67,3 +69,26 @@ class EpochRecorder(Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         with self.path.open("a") as f:
             f.write(f"{trainer.default_root_dir}:{trainer.current_epoch}\n")
+
+
+class RecordingLogger(Logger):
+    """A Lightning logger for tests: appends every ``log_metrics`` call to ``path`` as a JSON line."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: float(v) for k, v in metrics.items()}) + "\n")

@@ -191,6 +191,10 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["logger=wandb", "logger.wandb.mode=ofline"], r"logger\.wandb\.mode must be one of \['online', 'offline'"),
         (["train.batch_size=0"], r"train\.batch_size must be >= 1"),
         (["+callbacks.es.patience=3"], r"callbacks\.es needs a _target_"),
+        (["+logger.mlflow.experiment_name=x"], r"logger\.mlflow needs a _target_ \(a Lightning logger class\)"),
+        (["+logger.ml._target_=pytorch_lightning.loggers.MLFlowLoger"], r"logger\.ml\._target_: cannot import"),
+        (["+logger.x._target_=pytorch_lightning.callbacks.EarlyStopping"], r"logger\.x\._target_: .* is not a Lig"),
+        (["logger=csv", "+logger.csv.flush_every=5"], r"logger\.csv: CSVLogger takes no argument flush_every"),
         (["fit=false"], "fit=false evaluates a checkpoint: give ckpt_path"),
         (["data.length_buckets=[3,1]"], r"data\.length_buckets: length bucket edges must be >= 0 and strictly"),
         (["decode=detr", "decode.penalty=-2"], r"decode\.penalty is not read by decode=detr"),
@@ -253,6 +257,19 @@ def test_callbacks_group_is_instantiated(tmp_path) -> None:
     last = torch.load(tmp_path / "es" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1  # stopped at the first epoch without improvement, not at 9
     assert any("EMAWeightAveraging" in k for k in last["callbacks"])
+
+
+def test_loggers_are_built_from_their_target(tmp_path) -> None:
+    """The logger group is built like the callbacks group: each entry's ``_target_`` with its
+    arguments, so any Lightning logger works beside the built-in ones and their file layout."""
+    rec = tmp_path / "logged.jsonl"
+    extra = ["+logger.rec._target_=tests.helpers.RecordingLogger", f"+logger.rec.path={rec}"]
+    args = ["experiment=castella_only", "logger=[csv,tensorboard]", "+logger.csv.flush_logs_every_n_steps=1"]
+    train(_cfg(tmp_path, "lg", *args, *extra))
+    logged = [json.loads(line) for line in rec.read_text().splitlines()]
+    assert any("val/R1@0.7" in row for row in logged) and any("test/R1@0.7" in row for row in logged)
+    stage_logs = tmp_path / "lg" / "logs" / "finetune"
+    assert (stage_logs / "metrics.csv").is_file() and list(stage_logs.glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("trained_with", [[], ["decode=segmental", "model.hidden_dim=64"]], ids=["default", "own"])

@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
@@ -21,6 +22,7 @@ from amr.model import LossConfig as LossCfg  # the loss config is the criterion'
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
 from amr.model.matcher import SOLVERS
+from amr.training.loggers import logger_class
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
@@ -94,36 +96,6 @@ class AugmentCfg:
 
 
 @dataclass
-class CsvLoggerCfg:
-    """``logs/<stage>/metrics.csv`` of each stage (what ``amr report`` draws its curves from)."""
-
-
-@dataclass
-class TensorboardLoggerCfg:
-    """``logs/<stage>/events.out.tfevents.*`` of each stage."""
-
-
-@dataclass
-class WandbLoggerCfg:
-    """One W&B run per stage of each job, grouped by system (experiment + the overrides that set it
-    apart, not the seed)."""
-
-    project: str = "amr"
-    entity: str | None = None
-    mode: str = "offline"  # online | offline | disabled
-    group: str | None = None  # default: the system
-
-
-@dataclass
-class LoggerCfg:
-    """The loggers of a run, several at once: ``logger=[csv,wandb]``; ``logger=none`` for none."""
-
-    csv: CsvLoggerCfg | None = None
-    tensorboard: TensorboardLoggerCfg | None = None
-    wandb: WandbLoggerCfg | None = None
-
-
-@dataclass
 class PathsCfg:
     root: str = "."
     output_dir: str = MISSING
@@ -146,7 +118,7 @@ class TrainConfig:
     augment: AugmentCfg = field(default_factory=AugmentCfg)
     decode: DecodeCfg = field(default_factory=DecodeCfg)
     trainer: dict[str, Any] = field(default_factory=dict)
-    logger: LoggerCfg = field(default_factory=LoggerCfg)
+    logger: dict[str, Any] = field(default_factory=dict)  # name -> Lightning logger (``_target_``)
     callbacks: dict[str, Any] = field(default_factory=dict)  # name -> Lightning callback (``_target_``)
     paths: PathsCfg = field(default_factory=PathsCfg)
     num_workers: int = 0
@@ -317,8 +289,9 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     DecodeCfg(**plain(cfg.decode)).check()
     if cfg.loss.cls == "ce" and (cfg.loss.cls_alpha is not None or cfg.loss.cls_gamma != LossCfg().cls_gamma):
         raise ValueError("loss.cls_alpha and loss.cls_gamma are read only by loss.cls=focal or varifocal")
-    if cfg.logger.wandb is not None:
-        _in(cfg.logger.wandb.mode, ("online", "offline", "disabled"), "logger.wandb.mode")
+    for name, node in cfg.logger.items():
+        if issubclass(logger_class(str(name), node), WandbLogger) and node.get("mode") is not None:
+            _in(node.mode, ("online", "offline", "disabled"), f"logger.{name}.mode")
     for d in [cfg.data] + ([cfg.pretrain.data] if cfg.pretrain.enabled and cfg.pretrain.data else []):
         _in(d.dtype, ("float32", "float16"), "data.dtype")
         _in(d.overlong, ("keep", "clip", "error"), "data.overlong")

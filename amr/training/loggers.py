@@ -4,6 +4,7 @@ per epoch and seed every step. Everything goes through Python logging, so Hydra'
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import Logger
 
 from amr.metrics.retrieval import MONITOR_LOGGED
 from amr.results.run_folder import LOGS, RunFolder, set_aside_csv
@@ -62,6 +65,26 @@ class StepSeed(Callback):
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
 
 
+def logger_class(name: str, node: Any) -> type:
+    """The Lightning logger class of ``logger.<name>``; ValueError (naming the key) when the entry has
+    no ``_target_``, the class cannot be imported, is not a Lightning logger, or does not take one of
+    the given arguments."""
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        raise ValueError(f"logger.{name} needs a _target_ (a Lightning logger class), got {node!r}")
+    try:
+        cls = get_class(str(node._target_))
+    except Exception:  # noqa: BLE001 - Hydra wraps the import error in several ways
+        raise ValueError(f"logger.{name}._target_: cannot import {node._target_!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Logger)):
+        raise ValueError(f"logger.{name}._target_: {node._target_} is not a Lightning logger")
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(node) - {"_target_"} - set(params))
+        if unknown:
+            raise ValueError(f"logger.{name}: {cls.__name__} takes no argument {', '.join(unknown)}")
+    return cls
+
+
 def stage_loggers(
     cfg: DictConfig,
     stage: str,
@@ -70,39 +93,61 @@ def stage_loggers(
     extra: dict[str, Any],
     resumed: bool = False,
     overrides: list[str] | None = None,
+    wandb: bool | None = None,
 ) -> list:
-    """The configured loggers of one stage. CSV and TensorBoard write under ``stage_dir/logs/<stage>``;
-    W&B writes under the job's own folder (a cached pre-training stage's folder is renamed when it
-    finishes), one run per stage, grouped by system; ``extra`` goes into the W&B run's config. A
-    ``resumed`` stage keeps the CSV rows of its earlier attempts. ``overrides``: the job's, unless
-    given (a stacked member's name its own seed)."""
-    loggers: list = []
+    """The configured loggers of one stage, each built from its ``_target_`` with amr's defaults
+    below the arguments the config gives (a null argument keeps the default):
+
+    - CSV and TensorBoard write under ``stage_dir/logs/<stage>`` (what ``amr report`` reads);
+    - W&B writes under the job's own folder (a cached pre-training stage's folder is renamed when it
+      finishes), one run per stage, grouped by system, named ``<system>,seed=<s>/<stage>``, tagged
+      (:func:`run_tags`); ``extra`` goes into the run's config;
+    - any other logger that takes a ``save_dir`` gets ``stage_dir/logs/<stage>``.
+
+    A ``resumed`` stage keeps the CSV rows of its earlier attempts. ``overrides``: the job's, unless
+    given (a stacked member's name its own seed). ``wandb``: only the W&B loggers (True), only the
+    others (False), or all (None)."""
     if resumed:
         set_aside_csv(RunFolder(stage_dir).logs / stage)
-    if cfg.logger.csv is not None:
-        loggers.append(pl.loggers.CSVLogger(save_dir=str(stage_dir), name=LOGS, version=stage))
-    if cfg.logger.tensorboard is not None:
-        loggers.append(pl.loggers.TensorBoardLogger(save_dir=str(stage_dir), name=LOGS, version=stage))
-    wb = cfg.logger.wandb
-    if wb is not None:
-        os.environ.setdefault("WANDB_MODE", wb.mode)
-        overrides = job_overrides() if overrides is None else overrides
-        system = system_name(cfg.experiment_name, overrides, sweep_keys())
-        job_dir.mkdir(parents=True, exist_ok=True)
-        loggers.append(
-            pl.loggers.WandbLogger(
-                project=wb.project,
-                entity=wb.entity,
-                save_dir=str(job_dir),
-                group=wb.group or system,
-                job_type=stage,
-                name=f"{system},seed={cfg.seed}/{stage}",
-                tags=run_tags(list(cfg.tags), overrides),
-                mode=wb.mode,
-                config={**OmegaConf.to_container(cfg, resolve=True), "system": system, **extra},  # type: ignore[dict-item]
-            )
-        )
+    loggers: list = []
+    for name, node in cfg.logger.items():
+        cls = logger_class(str(name), node)
+        if wandb is not None and issubclass(cls, pl.loggers.WandbLogger) != wandb:
+            continue
+        given = {str(k): v for k, v in _resolved(node).items() if k != "_target_" and v is not None}
+        if issubclass(cls, (pl.loggers.CSVLogger, pl.loggers.TensorBoardLogger)):
+            default: dict[str, Any] = {"save_dir": str(stage_dir), "name": LOGS, "version": stage}
+        elif issubclass(cls, pl.loggers.WandbLogger):
+            default = _wandb_defaults(cfg, stage, job_dir, extra, overrides)
+            os.environ.setdefault("WANDB_MODE", str(given.get("mode", "offline")))
+        elif "save_dir" in inspect.signature(cls.__init__).parameters:
+            default = {"save_dir": str(RunFolder(stage_dir).logs / stage)}
+        else:
+            default = {}
+        loggers.append(cls(**{**default, **given}))
     return loggers
+
+
+def _resolved(node: Any) -> dict:
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+def _wandb_defaults(
+    cfg: DictConfig, stage: str, job_dir: Path, extra: dict[str, Any], overrides: list[str] | None
+) -> dict[str, Any]:
+    overrides = job_overrides() if overrides is None else overrides
+    system = system_name(cfg.experiment_name, overrides, sweep_keys())
+    job_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "save_dir": str(job_dir),
+        "group": system,
+        "job_type": stage,
+        "name": f"{system},seed={cfg.seed}/{stage}",
+        "tags": run_tags(list(cfg.tags), overrides),
+        "config": {**_resolved(cfg), "system": system, **extra},
+    }
 
 
 def run_tags(own: list[str], overrides: list[str]) -> list[str]:

@@ -107,15 +107,9 @@ def _stacked_trainer(cfg: DictConfig, out_dir: Path, max_epochs: int) -> pl.Trai
 
 def _member_loggers(c: DictConfig, plan: StackedStage, m: int, resumed: bool, wandb: bool) -> list:
     """Member m's CSV/TensorBoard loggers (``wandb=False``), or its W&B logger alone."""
-    c = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(c)))
-    with open_dict(c):
-        if wandb:
-            c.logger.csv = c.logger.tensorboard = None
-        else:
-            c.logger.wandb = None
     resumed = resumed and not wandb
     overrides = member_overrides(c)
-    return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed, overrides)
+    return stage_loggers(c, plan.stage, plan.dirs[m], plan.job_dirs[m], plan.logged[m], resumed, overrides, wandb)
 
 
 @dataclass
