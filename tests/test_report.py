@@ -187,7 +187,7 @@ def test_curves_skip_the_post_fit_row_and_mark_the_first_best(tmp_path) -> None:
         rows += [f"{e},{10 * e},,{r1},{r1 / 2}", f"{e},{10 * e},3.0,,"]
     rows.append("4,40,,5.0,2.5")  # the best checkpoint's re-validation after fitting, in older logs
     (logs / "metrics.csv").write_text("\n".join(rows) + "\n")
-    run = type("R", (), {"path": tmp_path / "run", "pretrain_dir": None})()
+    run = type("R", (), {"path": tmp_path / "run", "pretrain_dir": None, "config": {}})()
     (values, best) = stage_curves(run, ["R1@0.7", "mAP"])["finetune"]  # type: ignore[arg-type]
     assert sorted(values["R1@0.7"]) == [1, 2, 3, 4] and best == 2  # epochs counted from 1
 

@@ -295,3 +295,30 @@ def test_best_checkpoint_is_weights_only_and_the_cache_keeps_one_copy(root) -> N
     }
     with pytest.raises(InputError, match="weights do not fit this run's model config: .*shape mismatch"):
         train(_cfg(root, "init_bad", "experiment=castella_only", init, "model.hidden_dim=128", "model.nheads=8"))
+
+
+def test_monitor_picks_the_best_checkpoint(root) -> None:
+    """``monitor`` names the validation metric whose first maximum is the best checkpoint."""
+    import csv
+
+    train(_cfg(root, "mon", "experiment=castella_only", "monitor=mAP", "train.max_epochs=4", "logger=csv"))
+    run = root / "runs" / "mon"
+    rows = [r for r in csv.DictReader((run / "logs" / "finetune" / "metrics.csv").open()) if r.get("val/mAP")]
+    by_epoch = {int(r["epoch"]): float(r["val/mAP"]) for r in rows}
+    first_max = min(e for e, v in by_epoch.items() if v == max(by_epoch.values()))
+    assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["epoch"] == first_max
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any("'monitor': 'val/mAP'" in k for k in last["callbacks"])
+    with pytest.raises(ValueError, match=r"monitor must be one of \['R1@0.5', 'R1@0.7', 'mAP'"):
+        train(_cfg(root, "mon_bad", "experiment=castella_only", "monitor=R1@0.9"))
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_run_start_says_its_folder_and_config(root, caplog, shown) -> None:
+    caplog.set_level(logging.INFO, logger="amr.train")
+    run = f"said_{shown}"
+    train(_cfg(root, run, "experiment=castella_only", "+trainer.fast_dev_run=1", f"print_config={shown}"))
+    first = [r.getMessage() for r in caplog.records if r.name == "amr.train"]
+    assert first[0] == f"run folder: {(root / 'runs' / run).resolve()}"
+    assert (first[1].startswith("config (resolved):\nexperiment_name: castella_only\n")) is shown
+    assert f"run folder: {(root / 'runs' / run).resolve()}\n" in first[-1]  # and again under the results

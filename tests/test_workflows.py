@@ -296,3 +296,22 @@ def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path, trained_with) -> N
     assert "fit=false: model as the checkpoint says: {'hidden_dim': 64" in log
     preds = "predictions/test_preds.jsonl"
     assert (tmp_path / "detr" / preds).read_text() != (tmp_path / "run" / preds).read_text()
+
+
+def test_local_config_group_holds_per_machine_settings(tmp_path) -> None:
+    """An optional, git-ignored ``conf/local/default.yaml`` sets this machine's paths (below the
+    command line), and a conf/ without one composes as before."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    for extra in (conf / "local").glob("*.yaml"):
+        extra.unlink()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        assert compose("train", overrides=["paths.root=/r"]).paths.data_root == "/r/data/official"
+    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  data_root: /mnt/features\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        assert compose("train").paths.data_root == "/mnt/features"
+        assert compose("train", overrides=["paths.data_root=/x"]).paths.data_root == "/x"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "conf/local/default.yaml"], cwd=Path(CONF_DIR).parent)
+    assert ignored.returncode == 0

@@ -39,7 +39,6 @@ SHORT_NAMES = dict(zip(BRIEF_KEYS, ("R1@0.5", "R1@0.7", "mAP", "mAP@0.5", "mAP@0
 # official selection); the hyper-parameter search maximises it; reports mark its best epoch.
 MONITOR = "R1@0.7"
 MONITOR_LOGGED = f"val/{MONITOR}"  # as the training module logs it
-MONITOR_KEY = "MR-full-" + MONITOR  # its key in the official brief table
 
 
 # Ground-truth length buckets fit for CASTELLA (median moment about 4 s, half of them 3 s or

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
 from amr.inference.decoders import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
-from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR_LOGGED, length_buckets
+from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
@@ -132,6 +132,8 @@ class TrainConfig:
     test: bool = True
     reuse_pretrain: bool = True
     tags: list[str] = field(default_factory=list)
+    print_config: bool = True  # the composed config in the job log (and on the console) at the start
+    monitor: str = MONITOR  # validation metric that picks the best checkpoint (and early stopping, searches)
     synthetic_scale: float = 1.0  # size of generated synthetic datasets (debug presets shrink it)
 
 
@@ -151,10 +153,6 @@ def stage_augment(cfg: DictConfig, stage: str) -> tuple[TimeMaskConfig | None, l
 
 def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-# ``${amr_monitor:}`` in a config (the callbacks group) is the tracked metric as logged
-OmegaConf.register_new_resolver("amr_monitor", lambda: MONITOR_LOGGED, replace=True)
 
 
 def _in(value: Any, allowed: tuple | list, what: str) -> None:
@@ -276,6 +274,7 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     """Range and choice checks the schema types cannot express, and settings that would be accepted
     and then ignored. Raises ValueError naming the key (and the allowed values)."""
     _validate_augment(cfg)
+    _in(cfg.monitor, tuple(SHORT_NAMES.values()), "monitor")
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")

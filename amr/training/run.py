@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from amr.checkpoints import Checkpoint
 from amr.errors import InputError, os_error_line
 from amr.inference.decoders import DecodeConfig
-from amr.metrics.retrieval import MONITOR_KEY
+from amr.metrics.retrieval import SHORT_NAMES
 from amr.results.run_folder import RunFolder
 from amr.results.systems import key_root, override_key
 from amr.runtime import is_rank_zero, tune_allocator
@@ -46,6 +46,7 @@ from amr.training.stage import (
 )
 
 log = logging.getLogger("amr.train")
+BRIEF_KEY = {short: key for key, short in SHORT_NAMES.items()}
 register()
 
 
@@ -149,6 +150,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, searched=_search_space())
     out_dir = Path(cfg.paths.output_dir)
     resume = _resume_point(cfg, out_dir)
+    if is_rank_zero():
+        log.info("run folder: %s", out_dir.resolve())
+        if cfg.print_config:
+            log.info("config (resolved):\n%s", OmegaConf.to_yaml(cfg, resolve=True).rstrip())
     check_datasets(cfg)
     if cfg.stacked_runs > 1:
         from amr.training.stacked import train_stacked
@@ -180,7 +185,7 @@ def _main(cfg: DictConfig) -> float | None:
         job_failed(line, sys.exc_info())  # type: ignore[arg-type]
         return None  # the sweep goes on; an optimising sweeper counts the trial as failed
     # objective for hparams_search: validation, never test
-    return float(results["val"]["brief"][MONITOR_KEY]) if "val" in results else None
+    return float(results["val"]["brief"][BRIEF_KEY[cfg.monitor]]) if "val" in results else None
 
 
 def main() -> None:

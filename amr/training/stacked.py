@@ -158,7 +158,7 @@ def run_stacked_stage(cfg: DictConfig, cfgs: list[DictConfig], plan: StackedStag
         shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k in EPOCH_LINE)
         log.info("[%s seed=%d] epoch %d %s", plan.stage, cfgs[m].seed, stacked.current_epoch + 1, shown)
 
-    stacked = StackedModule(modules, [c.seed for c in cfgs], on_best, on_log)
+    stacked = StackedModule(modules, [c.seed for c in cfgs], on_best, on_log, f"val/{cfg.monitor}")
     trainer = _stacked_trainer(cfg, plan.stacked_dir, stage_settings(cfg, plan.stage)[1].max_epochs)
     resume = str(plan.resume) if plan.resume else None
     trainer.fit(stacked, datamodule=StackedDataModule(dms), ckpt_path=resume, weights_only=True)

@@ -102,7 +102,7 @@ def _key(name: str) -> str:
 
 class StackedModule(pl.LightningModule):
     """N :class:`MomentRetrievalModule` members trained as one. ``on_best(m, epoch)`` is called
-    when member m's validation improves (strictly, as the single run's checkpoint callback saves);
+    when member m's validation ``monitor`` improves (strictly, as the single run's checkpoint callback saves);
     ``on_log(m, values)`` with its epoch's train loss and its validation figures."""
 
     def __init__(
@@ -111,11 +111,12 @@ class StackedModule(pl.LightningModule):
         seeds: Sequence[int],
         on_best: Callable[[int, int], None],
         on_log: Callable[[int, dict[str, float]], None],
+        monitor: str = MONITOR_LOGGED,
     ) -> None:
         super().__init__()
         self.members = list(members)  # not submodules: their weights live in `stacked`
         self.seeds = list(seeds)
-        self.on_best, self.on_log = on_best, on_log
+        self.on_best, self.on_log, self.monitor = on_best, on_log, monitor
         params, buffers = stack_module_state([m.model for m in members])  # type: ignore[arg-type]
         self.stacked = nn.ParameterDict({_key(k): nn.Parameter(v) for k, v in params.items()})
         self.names = list(params)
@@ -215,7 +216,7 @@ class StackedModule(pl.LightningModule):
                 continue
             self._log_member(m, values)
             # compared in float32, as the single run's checkpoint callback compares the logged value
-            score = float(torch.tensor(values[MONITOR_LOGGED], dtype=torch.float32))
+            score = float(torch.tensor(values[self.monitor], dtype=torch.float32))
             if score > self.best[m]:
                 self.best[m] = score
                 self.on_best(m, self.current_epoch)

@@ -104,8 +104,8 @@ def trainer_settings(cfg: DictConfig, interactive: bool) -> dict[str, Any]:
     return kwargs
 
 
-def checkpoint_callback(stage_dir: Path, best: bool) -> ModelCheckpoint:
-    """``best``: weights only, replaced only on strict improvement of the tracked metric, so it is
+def checkpoint_callback(stage_dir: Path, best: bool, monitor: str = MONITOR_LOGGED) -> ModelCheckpoint:
+    """``best``: weights only, replaced only on strict improvement of ``monitor`` (as logged), so it is
     the first epoch reaching the maximum (as the official code selects its checkpoint). Else the
     last epoch's full state, for resuming."""
     where = str(RunFolder(stage_dir).checkpoints)
@@ -114,7 +114,7 @@ def checkpoint_callback(stage_dir: Path, best: bool) -> ModelCheckpoint:
     return ModelCheckpoint(
         dirpath=where,
         filename=BEST,
-        monitor=MONITOR_LOGGED,
+        monitor=monitor,
         mode="max",
         save_top_k=1,
         save_weights_only=True,
@@ -124,7 +124,7 @@ def checkpoint_callback(stage_dir: Path, best: bool) -> ModelCheckpoint:
 
 def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, loggers: list) -> tuple[pl.Trainer, ModelCheckpoint]:
     """The stage's Trainer and its best-checkpoint callback."""
-    best = checkpoint_callback(stage_dir, best=True)
+    best = checkpoint_callback(stage_dir, best=True, monitor=f"val/{cfg.monitor}")
     last = checkpoint_callback(stage_dir, best=False)  # after the best one, whose state is saved inside
     extra = [instantiate(c) for c in cfg.callbacks.values()]  # the `callbacks` group, every entry
     interactive = sys.stdout.isatty() or any(isinstance(c, ProgressBar) for c in extra)
@@ -267,10 +267,11 @@ def finish_run(
     if cfg.test:
         folder.write_test_metrics(result.results["test"])
     log.info(
-        "\n%s (%s%s, checkpoint %s):\n%s\n",
+        "\n%s (%s%s, checkpoint %s):\n%s\nrun folder: %s\n",
         cfg.experiment_name,
         "" if cfg.stacked_runs == 1 else f"seed {cfg.seed}, ",
         MAIN_STAGE,
         result.best_ckpt.name,
         results_table(result.results),
+        out_dir.resolve(),
     )

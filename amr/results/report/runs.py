@@ -207,7 +207,7 @@ def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, 
     out = {}
     folders = [run.path] + ([run.pretrain_dir] if run.pretrain_dir is not None else [])
     for stage_dir in sorted(d for folder in folders for d in stage_logs(folder)):
-        values: dict[str, dict[int, float]] = {m: {} for m in {*metrics, MONITOR}}
+        values: dict[str, dict[int, float]] = {m: {} for m in {*metrics, run.config.get("monitor", MONITOR)}}
         trained: set[int] = set()
         for csv_path in csv_attempts(stage_dir):  # a resumed stage: earlier attempts first
             with csv_path.open() as f:
@@ -220,7 +220,7 @@ def stage_curves(run: Run, metrics: Sequence[str]) -> dict[str, tuple[dict[str, 
                             values[m][epoch] = float(row[f"val/{m}"])
         if trained:
             values = {m: {e: v for e, v in pts.items() if e in trained} for m, pts in values.items()}
-        monitor = values[MONITOR]
+        monitor = values[run.config.get("monitor", MONITOR)]
         best = min((e for e, v in monitor.items() if v == max(monitor.values())), default=None)
         if any(values.values()):
             out[stage_dir.name] = ({m: values[m] for m in metrics}, best)
