@@ -128,6 +128,12 @@ def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
     assert cal.decoder().name == "hybrid" and cal.decoder().detr_weight == doc["decode"]["detr_weight"]
     again = _amr("calibrate", str(out / "hybrid"), "--out", str(out / "again"), "--target-iou", "0.3")
     assert again.returncode == 0 and Calibrator.load(out / "again" / "calibrator.json") == cal
+    iso = _amr(
+        "calibrate", str(out / "hybrid"), "--out", str(tmp_path / "iso"), "--target-iou", "0.3", "--method", "isotonic"
+    )
+    assert (
+        iso.returncode == 0 and Calibrator.load(tmp_path / "iso" / "calibrator.json").method == "isotonic" != cal.method
+    )
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     assert not (out / "hybrid" / "calibrator.json").exists()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
+import pytest
 import torch
 
 from amr.cli import main
@@ -61,6 +63,43 @@ def test_submit_writes_one_line_per_query_without_scores(tmp_path) -> None:
     by_decoder = [json.loads(x) for x in seg.read_text().splitlines()]
     assert [s["qid"] for s in by_decoder] == [s["qid"] for s in sub]
     assert all(1 <= len(s["pred_relevant_windows"]) <= 10 for s in by_decoder) and by_decoder != sub
+
+    # --feat-dir: the features folder read (the same features under another name give the same file)
+    shutil.copytree(root / "features" / "dcase2026_evaluation", root / "features" / "renamed")
+    moved = tmp_path / "moved.jsonl"
+    argv = ["submit", "--ckpt", str(tmp_path / "official.ckpt"), "--data-root", str(root), "--out", str(moved)]
+    main([*argv, "--cache-dir", str(tmp_path / "cache"), "--feat-dir", "renamed"])
+    assert moved.read_text() == out.read_text()
+    shutil.rmtree(root / "features" / "renamed")
+    with pytest.raises(SystemExit):
+        main(
+            [*argv[:-1], str(tmp_path / "gone.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--feat-dir", "renamed"]
+        )
+    assert not (tmp_path / "gone.jsonl").exists()
+
+    # --calibrator PATH re-scores (and may re-rank) the windows; --no-calibrator ignores one beside the checkpoint
+    from amr.inference.calibration import FEATURES, beside, fit
+    from amr.inference.decoders import DecodeConfig
+
+    x = np.random.default_rng(0).normal(size=(600, len(FEATURES)))
+    cal = fit(x, x[:, 3] - x[:, 0] > 0.5, "logistic", DecodeConfig())  # a ranking unlike the model's own
+    cal.save(tmp_path / "cal.json")
+    calibrated = tmp_path / "calibrated.jsonl"
+    main(
+        [
+            *argv[:-1],
+            str(calibrated),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--calibrator",
+            str(tmp_path / "cal.json"),
+        ]
+    )
+    assert calibrated.with_suffix(".scores.jsonl").read_text() != out.with_suffix(".scores.jsonl").read_text()
+    shutil.copy(tmp_path / "cal.json", beside(tmp_path / "official.ckpt"))
+    ignored = tmp_path / "ignored.jsonl"
+    main([*argv[:-1], str(ignored), "--cache-dir", str(tmp_path / "cache"), "--no-calibrator"])
+    assert ignored.with_suffix(".scores.jsonl").read_text() == out.with_suffix(".scores.jsonl").read_text()
 
 
 @needs_msclap

@@ -196,6 +196,7 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["+logger.x._target_=pytorch_lightning.callbacks.EarlyStopping"], r"logger\.x\._target_: .* is not a Lig"),
         (["logger=csv", "+logger.csv.flush_every=5"], r"logger\.csv: CSVLogger takes no argument flush_every"),
         (["fit=false"], "fit=false evaluates a checkpoint: give ckpt_path"),
+        (["data.synthetic.preset=clotho_moment"], r"data\.synthetic\.preset=clotho_moment but data\.name=castella"),
         (["data.length_buckets=[3,1]"], r"data\.length_buckets: length bucket edges must be >= 0 and strictly"),
         (["decode=detr", "decode.penalty=-2"], r"decode\.penalty is not read by decode=detr"),
         (["decode=saliency", "decode.detr_weight=0.3"], r"decode\.detr_weight is not read by decode=saliency"),

@@ -29,8 +29,23 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = "Helsinki-NLP/opus-mt-{src}-{tgt}"
 
 
+@dataclass
+class DecodeOptions:
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    batch_size: int = 32  # sentences per call: speed only
+
+    def cache_key(self, model: str) -> str:
+        """The translation cache's key for ``model`` under these options: the settings that change a
+        translation are part of it (the defaults' key is the model alone, as caches have it)."""
+        if (self.num_beams, self.max_new_tokens) == (1, 64):
+            return model
+        return f"{model}|num_beams={self.num_beams}|max_new_tokens={self.max_new_tokens}"
+
+
 class Translator(Protocol):
     name: str
+    options: DecodeOptions
 
     def translate(self, sentences: Sequence[str]) -> list[str]: ...
 
@@ -66,13 +81,6 @@ def check_models(template: str, pivots: Sequence[str]) -> None:
                     f"does not serve it ({reason}); point --model-template at local folders",
                     "--model-template",
                 ) from None
-
-
-@dataclass
-class DecodeOptions:
-    num_beams: int = 1
-    max_new_tokens: int = 64
-    batch_size: int = 32
 
 
 class MarianTranslator:
@@ -204,16 +212,17 @@ def translate_all(
     translator: Translator, sentences: Sequence[str], cache: TranslationCache, batch_size: int, desc: str
 ) -> dict[str, str]:
     """Translate unique sentences not yet cached, in length-sorted batches; returns src -> out."""
-    todo = sorted({s for s in sentences if cache.get(translator.name, s) is None}, key=len)
+    key = translator.options.cache_key(translator.name)
+    todo = sorted({s for s in sentences if cache.get(key, s) is None}, key=len)
     t0 = time.perf_counter()
     with tqdm(total=len(todo), desc=desc, unit="cap", disable=not todo) as bar:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
             out = translator.translate(chunk)
-            cache.add(translator.name, list(zip(chunk, out, strict=True)))
+            cache.add(key, list(zip(chunk, out, strict=True)))
             bar.update(len(chunk))
             bar.set_postfix(cap_per_s=f"{(i + len(chunk)) / (time.perf_counter() - t0):.1f}")
-    return {s: cache.get(translator.name, s) or "" for s in set(sentences)}
+    return {s: cache.get(key, s) or "" for s in set(sentences)}
 
 
 def normalize_text(text: str) -> str:

@@ -297,6 +297,12 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
         for key in ("max_a_l", "max_windows"):
             if d[key] < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {d[key]}")
+        if d.synthetic is not None and d.synthetic.preset != d.name:
+            where = "data" if d is cfg.data else "pretrain.data"
+            raise ValueError(
+                f"{where}.synthetic.preset={d.synthetic.preset} but {where}.name={d.name}: "
+                "the generated set would not be read"
+            )
         if not d.clip_len > 0:
             raise ValueError(f"data.clip_len must be > 0, got {d.clip_len}")
         try:
