@@ -273,6 +273,9 @@ def test_report_of_a_real_sweep_and_the_notebook(sweep, tmp_path) -> None:
     assert "does not vary the pivot or the back-translation stage" in printed
     markdown = "".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
     assert "R1@0.7 0-3s" in markdown and "A = baseline" in markdown and "minus **baseline**" in markdown
+    # the compared system is named as what it is: the other system with the highest mAP, above or below
+    assert " mAP points above it on average" in markdown or " mAP points below it on average" in markdown
+    assert "best" not in json.dumps([c["source"] for c in nbformat.read(ROOT / "notebooks" / "results.ipynb", 4).cells])
     errors = [o for o in execute(str(tmp_path / "missing")) if o.output_type == "error"]
     first = errors[0]  # the first cell stops with the message (later cells then have no sweep)
     assert first["ename"] == "FileNotFoundError" and "no sweep at" in first["evalue"] and "AMR_SWEEP" in first["evalue"]
@@ -336,3 +339,19 @@ def test_timeline_colours_one_per_system_and_never_the_gt_green() -> None:
     preds = [to_hex(p.get_facecolor()) for p in fig.axes[0].patches][2:]
     figures._plt().close(fig)
     assert len(set(preds)) == 2 and not set(preds) & set(gt)
+
+
+def test_panels_of_zeros_have_no_negative_axis_and_a_scale_of_points() -> None:
+    from amr.results.report.figures import Curve, Panel, bar_figure, curves_figure
+    from amr.results.report.stats import Estimate
+
+    zeros = [Estimate(0.0, 0.0, 0.0), Estimate(0.0, 0.0, 0.0)]
+    bars = bar_figure(["a", "b"], [Panel("R1@0.7", zeros), Panel("mAP", [Estimate(10, 5, 15), None])], "t")
+    assert [ax.get_xlim() for ax in bars.axes][0] == bars.axes[1].get_xlim() and bars.axes[0].get_xlim()[1] > 15
+    only_zeros = bar_figure(["a", "b"], [Panel("R1@0.7", zeros)], "t")
+    assert only_zeros.axes[0].get_xlim() == pytest.approx((0.0, 116.0))
+    curves = curves_figure(
+        [Curve("s", 1, "finetune", {"R1@0.7": {1: 0.0, 2: 0.0}, "mAP": {1: 3.0, 2: 5.0}}, 2)], ["R1@0.7", "mAP"]
+    )
+    zero_axis = curves.axes[0]
+    assert zero_axis.get_ylim() == (0.0, 5.0) and min(zero_axis.get_yticks()) >= 0

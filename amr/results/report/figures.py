@@ -75,8 +75,14 @@ class Panel:
     title: str = ""
 
 
-def _bars(ax: Any, values: Sequence[Estimate | None], y: np.ndarray) -> None:
-    top = max([v.high for v in values if v is not None] + [1.0])
+def _panel_top(values: Sequence[Estimate | None]) -> float:
+    """The largest score a panel shows (0 for a panel of zeros or no data)."""
+    return max([min(v.high, 100.0) for v in values if v is not None and not np.isnan(v.mean)] + [0.0])
+
+
+def _bars(ax: Any, values: Sequence[Estimate | None], y: np.ndarray, top: float) -> None:
+    """``top``: the panel's own largest score, or for a panel of zeros the figure's (100 when the
+    whole figure is zeros), so that a zero is drawn on a scale of points, not of fractions of one."""
     for yi, v in zip(y, values, strict=True):
         if v is None or np.isnan(v.mean):
             ax.text(0, yi, " no queries", va="center", fontsize=7, color="grey")
@@ -104,8 +110,9 @@ def bar_figure(labels: Sequence[str], panels: Sequence[Panel], title: str) -> An
     )
     # row centres spaced by each row's own height (in units of ROW_IN)
     y = np.cumsum([0.0] + [h / ROW_IN for h in heights[:-1]]) + 0.5 * (np.array(heights) / ROW_IN - 1)
+    figure_top = max([_panel_top(p.values) for p in panels]) or 100.0
     for ax, panel in zip(axes[0], panels, strict=True):
-        _bars(ax, panel.values, y)
+        _bars(ax, panel.values, y, _panel_top(panel.values) or figure_top)
         ax.set_xlabel(panel.xlabel)
         ax.set_title(panel.title)
         ax.grid(axis="y", visible=False)
@@ -181,9 +188,14 @@ def curves_figure(curves: Sequence[Curve], metrics: Sequence[str]) -> Any:
             ax.plot(epochs, [pts[e] for e in epochs], color=colour, lw=1, alpha=0.85)
             if c.best is not None and c.best in pts:
                 ax.plot([c.best], [pts[c.best]], marker="*", ms=8, color=colour, mec="black", mew=0.4)
+    shown = [v for c in curves for m in metrics for v in c.values.get(m, {}).values()]
+    figure_top = max(shown + [0.0]) or 100.0
     for i, metric in enumerate(metrics):
         for j, stage in enumerate(stages):
             ax = axes[i, j]
+            low, high = ax.get_ylim()
+            if low < 0:  # a score is never negative: no axis below 0, and zeros on a scale of points
+                ax.set_ylim(0, high if high >= 1 else figure_top)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             shared = " (each pre-training once)" if stage == "pretrain" else ""
             ax.set_title(f"{stage}: validation {metric}{shared}")
