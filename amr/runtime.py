@@ -18,11 +18,16 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 _done = False
+
+
+T = TypeVar("T")
 
 
 def tune_allocator() -> bool:
@@ -59,3 +64,11 @@ def is_rank_zero() -> bool:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """``items`` with a progress bar on stderr (tqdm's, as the extraction commands show), for the
+    steps of a command that take more than a few seconds."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)

@@ -108,6 +108,8 @@ def test_decode_choose_calibrate_and_predict_on_a_trained_run(tmp_path) -> None:
         "decode", str(run), "--out", str(out / "hybrid"), "--decode", "hybrid", "--choose", "detr_weight=0,0.5,1"
     )
     assert proc.returncode == 0, proc.stderr
+    for step in ("run: val queries", "run: test queries", "choosing on validation R1@0.7", "decoding"):
+        assert step in proc.stderr  # the long steps show their progress
     doc = json.loads((out / "hybrid" / "rescore.json").read_text())
     figures = [row["R1@0.7"] for row in doc["validation"]]
     assert len(figures) == 3 and doc["decode"]["detr_weight"] == [0.0, 0.5, 1.0][int(np.argmax(figures))]

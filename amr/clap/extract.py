@@ -22,6 +22,7 @@ from amr.clap.audio import AUDIO_SUFFIXES, Channel, audio_windows
 from amr.data.features import AUDIO_KEY, TEXT_KEY, FeatureLayout
 from amr.errors import InputError
 from amr.io import atomic_open, read_jsonl
+from amr.runtime import progress
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
@@ -62,9 +63,13 @@ def audio_files(audio_dir: Path) -> list[Path]:
     return files
 
 
-def embed_windows(encoder: ClapEncoder, win: np.ndarray, batch_size: int) -> np.ndarray:
-    """(T, 44100) windows -> (T, 768) embeddings, ``batch_size`` windows per forward pass."""
-    parts = [encoder.audio(win[i : i + batch_size]) for i in range(0, len(win), batch_size)]
+def embed_windows(encoder: ClapEncoder, win: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
+    """(T, 44100) windows -> (T, 768) embeddings, ``batch_size`` windows per forward pass; with a
+    progress bar named ``desc`` when given."""
+    starts = range(0, len(win), batch_size)
+    if desc is not None:
+        starts = progress(starts, desc, unit="batch")  # type: ignore[assignment]
+    parts = [encoder.audio(win[i : i + batch_size]) for i in starts]
     return np.concatenate(parts, 0)
 
 

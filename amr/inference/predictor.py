@@ -35,6 +35,7 @@ from amr.inference.batch import Candidates, network_outputs, predict_batch
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.iou import pair_iou
+from amr.runtime import progress
 
 if TYPE_CHECKING:
     from amr.clap.model import ClapEncoder
@@ -131,10 +132,12 @@ def decoding(
 
 
 @torch.inference_mode()
-def collect(model: torch.nn.Module, dataset: MomentDataset, batch_size: int = 100) -> Candidates:
-    """The network's candidates for every query of a split (one pass, batches as evaluation's)."""
+def collect(model: torch.nn.Module, dataset: MomentDataset, batch_size: int = 100, desc: str = "queries") -> Candidates:
+    """The network's candidates for every query of a split (one pass, batches as evaluation's),
+    with a progress bar named ``desc``."""
     out = Candidates()
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    for batch in progress(loader, desc, unit="batch"):
         out.extend(network_outputs(model, batch)[1])
     return out
 
@@ -215,7 +218,9 @@ class Predictor:
         if isinstance(audio, AudioWindows):
             from amr.clap.extract import embed_windows
 
-            return embed_windows(self.clap, audio.windows, 64)
+            return embed_windows(
+                self.clap, audio.windows, 64, f"MS-CLAP on {len(audio.windows)} s of {audio.path.name}"
+            )
         arr = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         check_features(arr, "<audio features>")
         return arr

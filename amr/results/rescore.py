@@ -28,6 +28,7 @@ from amr.inference.predictor import collect
 from amr.metrics.predictions import evaluate_lines
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.results.run_folder import RESCORE_RECORD, RunFolder, derived_overrides, write_derived_run
+from amr.runtime import progress
 
 DATA_KEYS = ("name", "feat_dir", "max_a_l", "max_windows", "clip_len", "dtype", "overlong")
 
@@ -116,7 +117,10 @@ def choose(
     """The configuration with the best validation ``metric`` (the first of equals) and every
     configuration's figure."""
     key = metric_key(metric)
-    table = [{"decode": asdict(c), metric: evaluate_lines(val.lines(c), gt)["brief"][key]} for c in configs]
+    table = [
+        {"decode": asdict(c), metric: evaluate_lines(val.lines(c), gt)["brief"][key]}
+        for c in progress(configs, f"choosing on validation {metric}", unit="setting")
+    ]
     best = int(np.argmax([row[metric] for row in table]))
     return configs[best], table
 
@@ -158,7 +162,9 @@ def write_result(
 ) -> dict[str, dict[str, Any]]:
     """Decode every split once with the chosen settings and write ``out`` as a run; the metrics."""
     buckets = length_buckets(DEFAULT_BUCKET_EDGES)
-    lines = {role: c.lines(decode, calibrator) for role, c in splits.items()}
+    lines = {
+        role: c.lines(decode, calibrator) for role, c in progress(splits.items(), "decoding", len(splits), "split")
+    }
     results = {role: evaluate_lines(ln, src.info["annotations"][role], buckets) for role, ln in lines.items()}
     extra = decode_overrides(decode, doc.get("chosen", ())) + (
         [f"calibrator={calibrator.method}"] if calibrator else []
@@ -189,7 +195,9 @@ def rescore(
     metric_key(metric)
     cal_path = RunFolder(out).calibrator  # written under out alone: the source run is never touched
     model = load_model(src.ckpt, FEAT_DIM)
-    splits = {role: collect(model, src.split(role, cache_dir)) for role in ("val", "test")}
+    splits = {
+        role: collect(model, src.split(role, cache_dir), desc=f"{run.name}: {role} queries") for role in ("val", "test")
+    }
     gt_val = Path(src.info["annotations"]["val"])
     chosen, table = choose(splits["val"], gt_val, configs, metric) if len(configs) > 1 else (configs[0], [])
     doc: dict[str, Any] = {"source": str(run), "metric": metric, "chosen": sorted(choices or {}), "validation": table}
