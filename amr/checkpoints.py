@@ -103,8 +103,8 @@ def read_amr(path: str | Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """An amr checkpoint, read once: its weights, the config it was trained with, and the decoder
-    it was validated with."""
+    """An amr checkpoint, read once: its weights, the config it was trained with, the feature set it
+    was trained on and the decoder it was validated with."""
 
     path: Path
     state: dict[str, torch.Tensor]
@@ -132,6 +132,12 @@ class Checkpoint:
         state = {k.removeprefix("model."): v for k, v in self.state.items() if not k.startswith("criterion.")}
         load_strict(model, state, self.path, "the checkpoint's model config")
         return model.eval()
+
+    @property
+    def features(self) -> dict[str, Any] | None:
+        """The feature set it was trained on (``name``, ``feat_dir``; None: older checkpoints)."""
+        features = self.hyper_parameters.get("features")
+        return dict(features) if features else None
 
     @property
     def decode(self) -> dict[str, Any] | None:

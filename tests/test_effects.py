@@ -329,6 +329,7 @@ ELSEWHERE: dict[str, str] = {
     "ckpt_path": "test_train.py::test_resume_reaches_the_same_result",
     "init_from": "test_train.py::test_best_checkpoint_is_weights_only_and_the_cache_keeps_one_copy",
     "fit": "test_workflows.py::test_evaluating_a_checkpoint_reproduces_the_run",
+    "calibrator": "test_workflows.py::test_evaluating_a_checkpoint_uses_its_calibrator_and_names_its_features",
     "test": "test_workflows.py::test_evaluating_a_checkpoint_reproduces_the_run",
     "reuse_pretrain": "test_train.py::test_wandb_offline_one_run_per_stage",
     "tags": "test_workflows.py::test_parallel_sweep_with_wandb_and_csv",

@@ -299,6 +299,57 @@ def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path, trained_with) -> N
     assert (tmp_path / "detr" / preds).read_text() != (tmp_path / "run" / preds).read_text()
 
 
+def test_evaluating_a_checkpoint_uses_its_calibrator_and_names_its_features(tmp_path, caplog) -> None:
+    """``fit=false``: a calibrator beside the checkpoint re-scores the moments (said in the log),
+    ``calibrator=PATH`` another one, ``calibrator=none`` none; the checkpoint names the feature set
+    it was trained on, and evaluating it on another is said."""
+    import logging
+
+    import numpy as np
+
+    from amr.checkpoints import Checkpoint
+    from amr.inference.calibration import FEATURES, beside, fit
+    from amr.inference.decoders import DecodeConfig
+
+    caplog.set_level(logging.INFO, logger="amr.train")
+    train(_cfg(tmp_path, "run", "experiment=castella_only"))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert Checkpoint.read(best).features == {"name": "castella", "feat_dir": "castella"}
+    x = np.random.default_rng(0).normal(size=(400, len(FEATURES)))
+    fit(x, x[:, 3] - x[:, 0] > 0.5, "logistic", DecodeConfig()).save(beside(best))
+    fit(x, x[:, 0] > 0.5, "isotonic", DecodeConfig()).save(tmp_path / "other.json")
+    preds = "predictions/test_preds.jsonl"
+    runs = {}
+    for name, extra in (
+        ("beside", []),
+        ("other", [f"calibrator={tmp_path / 'other.json'}"]),
+        ("none", ["calibrator=none"]),
+    ):
+        caplog.clear()
+        train(_cfg(tmp_path, name, "experiment=castella_only", "fit=false", f"ckpt_path={best}", *extra))
+        said = [m for m in caplog.messages if m.startswith("fit=false:")]
+        runs[name] = ((tmp_path / name / preds).read_text(), "\n".join(said))
+    assert f"fit=false: logistic calibrator {beside(best)} (beside the checkpoint)" in runs["beside"][1]
+    assert f"fit=false: isotonic calibrator {tmp_path / 'other.json'} (given)" in runs["other"][1]
+    assert "calibrator" not in runs["none"][1] and runs["none"][0] == (tmp_path / "run" / preds).read_text()
+    assert len({runs[n][0] for n in runs}) == 3  # each calibrator re-scores the moments its own way
+    caplog.clear()
+    train(
+        _cfg(
+            tmp_path,
+            "clotho",
+            "experiment=castella_only",
+            "data=synthetic_clotho_moment",
+            "fit=false",
+            f"ckpt_path={best}",
+            "calibrator=none",
+        )
+    )
+    assert "fit=false: clotho-moment features (the checkpoint was trained on castella)" in caplog.text
+    with pytest.raises(ValueError, match="calibrator is read only by fit=false"):
+        train(_cfg(tmp_path, "bad", "experiment=castella_only", "calibrator=none"))
+
+
 def test_local_config_group_holds_per_machine_settings(tmp_path) -> None:
     """An optional, git-ignored ``conf/local/default.yaml`` sets this machine's paths (below the
     command line), and a conf/ without one composes as before."""

@@ -129,6 +129,7 @@ class TrainConfig:
     ckpt_path: str | None = None  # resume the final stage: a path, or "last"
     init_from: str | None = None  # start the main stage from these weights (e.g. a converted official checkpoint)
     fit: bool = True  # false: only evaluate ``ckpt_path`` on the configured data
+    calibrator: str | None = None  # fit=false: a calibrator file; default: one beside ckpt_path; none: no calibrator
     test: bool = True
     reuse_pretrain: bool = True
     tags: list[str] = field(default_factory=list)
@@ -319,6 +320,8 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
             raise ValueError(f"callbacks.{name} needs a _target_ (a Lightning callback class), got {cb!r}")
     if not cfg.fit and not cfg.ckpt_path:
         raise ValueError("fit=false evaluates a checkpoint: give ckpt_path=PATH")
+    if cfg.fit and cfg.calibrator is not None:
+        raise ValueError("calibrator is read only by fit=false (a trained run's calibrator: amr calibrate RUN)")
     dead = sorted(set(searched or ()) & inactive_keys(cfg))
     if dead:
         raise ValueError(

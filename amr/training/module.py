@@ -10,6 +10,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from amr.inference.batch import predict_batch
+from amr.inference.calibration import Calibrator
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import MONITOR, length_buckets, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
@@ -54,11 +55,18 @@ class MomentRetrievalModule(pl.LightningModule):
     metrics; ``predictions[role]`` keeps the last epoch's prediction lines."""
 
     def __init__(
-        self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any], decode: dict[str, Any] | None = None
+        self,
+        model: dict[str, Any],
+        loss: dict[str, Any],
+        optim: dict[str, Any],
+        decode: dict[str, Any] | None = None,
+        features: dict[str, Any] | None = None,
     ) -> None:
+        """``features``: the feature set trained on (``name``, ``feat_dir``), kept in checkpoints."""
         super().__init__()
         self.save_hyperparameters()
         self.decode = DecodeConfig(**(decode or {}))  # how validation and test form moments
+        self.calibrator: Calibrator | None = None  # re-scores validation and test moments when set
         self.model = QDDETR(QDDETRConfig(**model))
         self.criterion = build_criterion(
             dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True), **loss
@@ -93,7 +101,7 @@ class MomentRetrievalModule(pl.LightningModule):
         self._metric("test")
 
     def _eval_step(self, role: str, batch: dict[str, Any]) -> None:
-        pred = predict_batch(self.model, batch, decode=self.decode)
+        pred = predict_batch(self.model, batch, decode=self.decode, calibrator=self.calibrator)
         if "targets" in batch:
             losses = self.criterion(pred.outputs, batch["targets"])
             self.log(

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amr.checkpoints import Checkpoint
 from amr.errors import InputError, os_error_line
+from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import SHORT_NAMES
 from amr.results.run_folder import RunFolder
@@ -64,12 +65,41 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> CachedStage:
     return fetch_or_train(cfg, train_in)
 
 
-def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> DictConfig:
+def checkpoint_calibrator(cfg: DictConfig, ckpt: Checkpoint, decode_given: bool) -> Calibrator | None:
+    """``fit=false``'s calibrator: ``calibrator=PATH``, none for ``calibrator=none``, else the one
+    beside the checkpoint if any (said in the log). One fit for another decoder than a ``decode``
+    given on the command line is refused."""
+    if cfg.calibrator == "none":
+        return None
+    path = Path(cfg.calibrator) if cfg.calibrator else beside(ckpt.path)
+    if cfg.calibrator is None and not path.is_file():
+        return None
+    cal = Calibrator.load(path)
+    if decode_given and cal.decoder() != DecodeConfig(**plain(cfg.decode)):
+        raise InputError(
+            f"fit on decode={cal.decoder().name} with other settings than the decode given; "
+            "leave decode out or set calibrator=none",
+            path,
+        )
+    log.info(
+        "fit=false: %s calibrator %s (%s)", cal.method, path, "given" if cfg.calibrator else "beside the checkpoint"
+    )
+    return cal
+
+
+def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> tuple[DictConfig, Calibrator | None]:
     """The config a checkpoint is evaluated with: its own decoder and network settings (a
-    checkpoint without a decoder: the official one), unless the command line sets them. Each
-    choice that differs from the composed config is said in the log."""
+    checkpoint without a decoder: the official one; with a calibrator, the calibrator's decoder),
+    unless the command line sets them, and its calibrator (:func:`checkpoint_calibrator`). Each
+    choice that differs from the composed config is said in the log, and features other than the
+    checkpoint was trained on."""
     given = {key_root(override_key(o)) for o in job_overrides()}
-    stored = {"decode": ckpt.decode or asdict(DecodeConfig()), "model": ckpt.hyper_parameters.get("model")}
+    cal = checkpoint_calibrator(cfg, ckpt, "decode" in given)
+    decode = asdict(cal.decoder()) if cal is not None else ckpt.decode or asdict(DecodeConfig())
+    stored = {"decode": decode, "model": ckpt.hyper_parameters.get("model")}
+    trained_on = ckpt.features
+    if trained_on and trained_on["feat_dir"] != cfg.data.feat_dir:
+        log.info("fit=false: %s features (the checkpoint was trained on %s)", cfg.data.feat_dir, trained_on["feat_dir"])
     cfg = cast(DictConfig, copy.deepcopy(cfg))
     for key, value in stored.items():
         if key in given:
@@ -78,17 +108,18 @@ def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> DictConfig:
             with open_dict(cfg):
                 cfg[key] = OmegaConf.merge(cfg[key], value)
             log.info("fit=false: %s as the checkpoint says: %s", key, value)
-    return cfg
+    return cfg, cal
 
 
 def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResult:
     """``fit=false``: the configured data's val (and test) split through a checkpoint (with its own
-    decoder and network settings unless overridden), written as a training run writes its final
-    evaluation."""
-    cfg = as_the_checkpoint_says(cfg, Checkpoint.read(ckpt))
+    decoder, calibrator and network settings unless overridden), written as a training run writes
+    its final evaluation."""
+    cfg, calibrator = as_the_checkpoint_says(cfg, Checkpoint.read(ckpt))
     dm = build_datamodule(cfg, MAIN_STAGE)
     dm.load()
     module = build_module(cfg)
+    module.calibrator = calibrator
     loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
     trainer, _ = build_trainer(cfg, MAIN_STAGE, out_dir, loggers)
     try:

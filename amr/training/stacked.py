@@ -134,7 +134,7 @@ def _members(cfgs: list[DictConfig], plan: StackedStage) -> tuple[list, list]:
         dm = build_datamodule(c, plan.stage)
         dm.load()
         dms.append(dm)
-        modules.append(build_module(c, init if plan.resume is None else None))
+        modules.append(build_module(c, init if plan.resume is None else None, plan.stage))
     for dm in dms[1:]:
         dm.share_device_arrays(dms[0])
     return dms, modules

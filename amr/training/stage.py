@@ -80,13 +80,19 @@ def check_datasets(cfg: DictConfig) -> None:
         ensure_dataset(stage_settings(cfg, stage)[0])
 
 
-def build_module(cfg: DictConfig, init: Path | None = None) -> MomentRetrievalModule:
-    """The training module of this config: the network, criterion and optimiser settings; the
+def build_module(cfg: DictConfig, init: Path | None = None, stage: str = MAIN_STAGE) -> MomentRetrievalModule:
+    """The training module of this config for ``stage`` (whose feature set its checkpoints name):
+    the network, criterion and optimiser settings; the
     network compiled (``compile=MODE``, one shape per split with ``fixed_shapes``) when set;
     initialised from ``init``'s weights when given (fresh optimiser, scheduler and epoch, as the
     official recipe fine-tunes)."""
+    data = stage_settings(cfg, stage)[0]
     module = MomentRetrievalModule(
-        model=plain(cfg.model), loss=plain(cfg.loss), optim=plain(cfg.optim), decode=plain(cfg.decode)
+        model=plain(cfg.model),
+        loss=plain(cfg.loss),
+        optim=plain(cfg.optim),
+        decode=plain(cfg.decode),
+        features={"name": data.name, "feat_dir": data.feat_dir},
     )
     if cfg.get("compile"):
         module.model.compile(mode=cfg.compile, dynamic=False)  # in place: parameter names unchanged
@@ -198,7 +204,7 @@ def run_stage(
     # weights only: fresh optimiser, scheduler and epoch (official recipe); other DDP ranks receive
     # rank 0's weights when DDP wraps the model
     loads = init_weights is not None and resume is None and (is_rank_zero() or init_weights.is_file())
-    module = build_module(cfg, init_weights if loads else None)
+    module = build_module(cfg, init_weights if loads else None, stage)
     if loads:
         log.info("%s: initialised from %s", stage, init_weights)
     loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {}, resumed=resume is not None)
