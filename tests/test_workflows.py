@@ -195,6 +195,7 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["+logger.ml._target_=pytorch_lightning.loggers.MLFlowLoger"], r"logger\.ml\._target_: cannot import"),
         (["+logger.x._target_=pytorch_lightning.callbacks.EarlyStopping"], r"logger\.x\._target_: .* is not a Lig"),
         (["logger=csv", "+logger.csv.flush_every=5"], r"logger\.csv: CSVLogger takes no argument flush_every"),
+        (["+logger.x._target_=tests.uninstalled_logger.UninstalledLogger"], r"logger\.x: Requirement 'nothing-of-that"),
         (["fit=false"], "fit=false evaluates a checkpoint: give ckpt_path"),
         (["data.synthetic.preset=clotho_moment"], r"data\.synthetic\.preset=clotho_moment but data\.name=castella"),
         (["data.length_buckets=[3,1]"], r"data\.length_buckets: length bucket edges must be >= 0 and strictly"),

@@ -4,16 +4,17 @@ per epoch and seed every step. Everything goes through Python logging, so Hydra'
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
@@ -71,12 +72,17 @@ def logger_class(name: str, node: Any) -> type:
     the given arguments."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         raise ValueError(f"logger.{name} needs a _target_ (a Lightning logger class), got {node!r}")
+    where, _, attr = str(node._target_).rpartition(".")
     try:
-        cls = get_class(str(node._target_))
-    except Exception:  # noqa: BLE001 - Hydra wraps the import error in several ways
+        cls = getattr(importlib.import_module(where), attr)
+    except (ImportError, AttributeError, ValueError):
         raise ValueError(f"logger.{name}._target_: cannot import {node._target_!r}") from None
     if not (isinstance(cls, type) and issubclass(cls, Logger)):
         raise ValueError(f"logger.{name}._target_: {node._target_} is not a Lightning logger")
+    module = sys.modules.get(cls.__module__)
+    for flag, available in vars(module).items() if module else ():
+        if flag.startswith("_") and flag.endswith("_AVAILABLE") and not available:  # Lightning's package checks
+            raise ValueError(f"logger.{name}: {str(available).splitlines()[0]}")
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(node) - {"_target_"} - set(params))
@@ -124,7 +130,10 @@ def stage_loggers(
             default = {"save_dir": str(RunFolder(stage_dir).logs / stage)}
         else:
             default = {}
-        loggers.append(cls(**{**default, **given}))
+        try:
+            loggers.append(cls(**{**default, **given}))
+        except ImportError as e:  # the logger's own package is not installed
+            raise ValueError(f"logger.{name}: {str(e).splitlines()[0]}") from None
     return loggers
 
 

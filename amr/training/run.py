@@ -116,11 +116,11 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt: Path, out_dir: Path) -> StageResu
     decoder, calibrator and network settings unless overridden), written as a training run writes
     its final evaluation."""
     cfg, calibrator = as_the_checkpoint_says(cfg, Checkpoint.read(ckpt))
+    loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
     dm = build_datamodule(cfg, MAIN_STAGE)
     dm.load()
     module = build_module(cfg)
     module.calibrator = calibrator
-    loggers = stage_loggers(cfg, MAIN_STAGE, out_dir, out_dir, {"evaluated_checkpoint": str(ckpt)})
     trainer, _ = build_trainer(cfg, MAIN_STAGE, out_dir, loggers)
     try:
         results = evaluate_best(trainer, module, dm, ckpt, out_dir, cfg.test, loggers)

@@ -199,6 +199,8 @@ def run_stage(
     """Train one stage in ``stage_dir`` (checkpoints/, predictions/, logs/) and evaluate its best
     checkpoint on val (and test). ``job_dir`` is the run's own folder; ``logged`` goes into the
     W&B run's config."""
+    # loggers first: one that cannot be built (a missing package) stops the stage before its data is read
+    loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {}, resumed=resume is not None)
     dm = build_datamodule(cfg, stage)
     dm.load()  # every input check happens here, before training starts
     # weights only: fresh optimiser, scheduler and epoch (official recipe); other DDP ranks receive
@@ -207,7 +209,6 @@ def run_stage(
     module = build_module(cfg, init_weights if loads else None, stage)
     if loads:
         log.info("%s: initialised from %s", stage, init_weights)
-    loggers = stage_loggers(cfg, stage, stage_dir, job_dir, logged or {}, resumed=resume is not None)
     trainer, checkpoint = build_trainer(cfg, stage, stage_dir, loggers)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None, weights_only=True)
