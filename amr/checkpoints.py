@@ -205,3 +205,34 @@ def export(src: str | Path, out: str | Path) -> Path:
     ckpt = Checkpoint.read(src)
     ckpt.model()  # refuse weights that do not fit their own config before writing anything
     return write_weights(out, ckpt.state, ckpt.hyper_parameters)
+
+
+def adopt(last: str | Path, folder: str | Path) -> Path:
+    """Resume another folder's run in ``folder``: its ``last.ckpt`` (with the checkpoint callbacks'
+    paths moved to ``folder``) and the best checkpoint it names, copied into ``folder``, so that the
+    resumed run selects its best epoch as the uninterrupted run would and the source folder is
+    only read. Returns the copied ``last.ckpt``."""
+    last, folder = Path(last), Path(folder)
+    ckpt = read(last)
+    src, dst = str(last.parent), str(folder)
+    moved: dict[str, Path] = {}
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(src + "/"):
+            moved[value] = Path(dst + value[len(src) :])
+            return str(moved[value])
+        if isinstance(value, str) and value == src:
+            return dst
+        if isinstance(value, dict):
+            return {move(k): move(v) for k, v in value.items()}
+        return value
+
+    ckpt["callbacks"] = {k: move(v) for k, v in ckpt.get("callbacks", {}).items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for old, new in moved.items():
+        if Path(old).is_file() and Path(old).name != last.name:
+            with atomic_open(new, "wb") as f:
+                f.write(Path(old).read_bytes())
+    with atomic_open(folder / last.name, "wb") as f:
+        torch.save(ckpt, f)
+    return folder / last.name

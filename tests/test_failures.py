@@ -132,6 +132,7 @@ def test_a_checkpoint_for_other_features_and_zero_frames_are_refused(tmp_path, c
 def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(tmp_path, monkeypatch) -> None:
     common = ["experiment=castella_only", "logger=csv"]
     train(_cfg(tmp_path, "run", *common, "train.max_epochs=1"))
+    (tmp_path / "run" / "run.json").unlink()  # as a run stopped after its first epoch leaves it
     ckpts = tmp_path / "run" / "checkpoints"
     before = {p.name: _sha(p) for p in ckpts.iterdir()}
     real_save = torch.save

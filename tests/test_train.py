@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,8 +140,15 @@ def test_resume_reaches_the_same_result(root, extra: list[str]) -> None:
     common = ["experiment=castella_only", "trainer.deterministic=true", *extra]
     name = "_".join(["resume", *extra]).replace("=", "")
     full = train(_cfg(root, f"{name}_full", *common, "train.max_epochs=2"))
-    train(_cfg(root, f"{name}_resumed", *common, "train.max_epochs=1"))
-    resumed = train(_cfg(root, f"{name}_resumed", *common, "train.max_epochs=2", "ckpt_path=last"))
+    train(_cfg(root, f"{name}_part", *common, "train.max_epochs=1"))
+    if "stacked_runs=2" in extra:  # a stacked run stopped after its first epoch, resumed in its own folder
+        for info in (root / "runs" / f"{name}_part").rglob("run.json"):
+            info.unlink()
+        resumed = train(_cfg(root, f"{name}_part", *common, "train.max_epochs=2", "ckpt_path=last"))
+        (root / "runs" / f"{name}_part").rename(root / "runs" / f"{name}_resumed")
+    else:  # a run continued in a new folder from another folder's last checkpoint
+        part = root / "runs" / f"{name}_part" / "checkpoints" / "last.ckpt"
+        resumed = train(_cfg(root, f"{name}_resumed", *common, "train.max_epochs=2", f"ckpt_path={part}"))
     assert resumed == full
     a = torch.load(root / "runs" / f"{name}_full" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(root / "runs" / f"{name}_resumed" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -322,3 +330,39 @@ def test_run_start_says_its_folder_and_config(root, caplog, shown) -> None:
     assert first[0] == f"run folder: {(root / 'runs' / run).resolve()}"
     assert (first[1].startswith("config (resolved):\nexperiment_name: castella_only\n")) is shown
     assert f"run folder: {(root / 'runs' / run).resolve()}\n" in first[-1]  # and again under the results
+
+
+def test_a_resume_never_writes_into_a_finished_or_another_run(root) -> None:
+    """``ckpt_path`` continues the unfinished run whose last checkpoint it is, in its own folder, or
+    starts a new folder; a finished run, another run's folder and a weights-only checkpoint are
+    refused before anything is written (on the command line before Hydra writes, too)."""
+    train(_cfg(root, "victim", "experiment=castella_only"))
+    train(_cfg(root, "other", "experiment=castella_only", "seed=5"))
+    victim, other = root / "runs" / "victim", root / "runs" / "other"
+    before = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    best, last = victim / "checkpoints" / "best.ckpt", other / "checkpoints" / "last.ckpt"
+    cases = [
+        (victim, f"ckpt_path={best}", f"ckpt_path={best} is not its last checkpoint"),
+        (victim, f"ckpt_path={last}", f"ckpt_path={last} is not its last checkpoint"),
+        (victim, "ckpt_path=last", "this run has finished: nothing to resume"),
+        (
+            root / "runs" / "fresh",
+            f"ckpt_path={best}",
+            f"a weights-only checkpoint cannot resume training: .*init_from={best}",
+        ),
+    ]
+    for folder, resume, message in cases:
+        with pytest.raises(InputError, match=message.replace("[", r"\[")):
+            train(_cfg(root, folder.name, "experiment=castella_only", resume))
+        argv = ["experiment=castella_only", "debug=fast", f"paths.root={root}", f"hydra.run.dir={folder}", resume]
+        proc = subprocess.run(
+            [sys.executable, "-m", "amr.training.run", *argv], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 2 and re.search(message, proc.stderr.strip().splitlines()[-1]), proc.stderr[-800:]
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+    assert not (root / "runs" / "fresh" / "checkpoints").exists()
+    # another folder's last checkpoint continues that run in a new folder; the source is only read
+    source = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    train(_cfg(root, "continued", "experiment=castella_only", "seed=5", "train.max_epochs=3", f"ckpt_path={last}"))
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == source
+    assert torch.load(root / "runs" / "continued" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2

@@ -120,6 +120,10 @@ class RunFolder:
         """True when a run (finished, or stopped with checkpoints) is here: never written into again."""
         return self.checkpoints.exists() or self.test_metrics.exists()
 
+    def finished(self) -> bool:
+        """True when the run here (or a stacked member of it) wrote its ``run.json``: it ended."""
+        return self.info_file.is_file() or any(p.is_file() for p in self.path.glob(f"seed=*/{self.info_file.name}"))
+
     def info(self) -> dict[str, Any]:
         """Its ``run.json`` ({} when there is none)."""
         return json.loads(self.info_file.read_text()) if self.info_file.is_file() else {}

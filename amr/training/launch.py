@@ -74,16 +74,42 @@ def _one_line(err: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def resume_checkpoint(cfg: DictConfig, out: Path) -> Path | None:
+    """The checkpoint a run in ``out`` resumes from (``ckpt_path`` with ``fit=true``; ``last``: the
+    folder's own), or None."""
+    if not (cfg.fit and cfg.ckpt_path):
+        return None
+    return RunFolder(out).last_ckpt if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+
+
+def refuse_taken(out: Path, resume: Path | None) -> None:
+    """A run writes only into a folder that holds no run, or (resuming) into the unfinished run whose
+    last checkpoint it resumes from. Raises InputError naming the folder otherwise."""
+    folder = RunFolder(out)
+    if not folder.holds_run():
+        return
+    if resume is None:
+        raise InputError(TAKEN, out)
+    if resume.resolve() != folder.last_ckpt.resolve():
+        raise InputError(
+            f"run folder already holds another run; ckpt_path={resume} is not its last checkpoint: "
+            "resume into a new folder (leave hydra.run.dir out)",
+            out,
+        )
+    if folder.finished():
+        raise InputError("this run has finished: nothing to resume (its results are in this folder)", out)
+
+
 def _refuse_taken_run_dir(cfg: DictConfig) -> None:
     """Hydra writes ``.hydra/`` into the run folder before any code of ours runs: refuse a run folder
-    that already holds a run (unless resuming), resolved as Hydra will resolve it."""
-    if cfg.ckpt_path and cfg.fit:
-        return
+    that holds a run (unless resuming that run), resolved as Hydra will resolve it."""
     HydraConfig.instance().set_config(cfg)
     out = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
-    if RunFolder(out).holds_run():
-        print(f"error: {InputError(TAKEN, out)}", file=sys.stderr)
-        raise SystemExit(2)
+    try:
+        refuse_taken(out, resume_checkpoint(cfg, out))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def config_source(argv: list[str], overrides: list[str]) -> tuple[str, str, list[str]]:

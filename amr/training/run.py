@@ -19,7 +19,8 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from amr.checkpoints import Checkpoint
+from amr.checkpoints import Checkpoint, adopt
+from amr.checkpoints import read as read_checkpoint
 from amr.errors import InputError, os_error_line
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
@@ -28,7 +29,7 @@ from amr.results.run_folder import RunFolder
 from amr.results.systems import key_root, override_key
 from amr.runtime import is_rank_zero, tune_allocator
 from amr.training.config import plain, register, validate
-from amr.training.launch import CONF_DIR, FAILED, TAKEN, in_sweep, job_failed, preflight
+from amr.training.launch import CONF_DIR, FAILED, in_sweep, job_failed, preflight, refuse_taken, resume_checkpoint
 from amr.training.loggers import finish_wandb, job_overrides, stage_loggers
 from amr.training.pretrain_cache import CachedStage, fetch_or_train
 from amr.training.stage import (
@@ -141,9 +142,10 @@ def _search_space() -> list[str]:
 
 
 def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
-    """The checkpoint to resume from (``ckpt_path``), or None; refuses a folder that holds a run."""
-    if cfg.fit and cfg.ckpt_path:
-        resume = RunFolder(out_dir).last_ckpt if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    """The checkpoint to resume from (``ckpt_path``), or None; refuses a folder that holds a run
+    (other than the unfinished one resumed) and a checkpoint that cannot resume training."""
+    resume = resume_checkpoint(cfg, out_dir)
+    if resume is not None:
         if cfg.ckpt_path == "last" and not resume.is_file() and resume.parent.is_dir():
             raise InputError(
                 f"no {resume.name}: the run stopped before its first epoch ended; start it again in a new folder, "
@@ -152,11 +154,25 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
             )
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
+        if is_rank_zero():
+            refuse_taken(out_dir, resume)
+        if "optimizer_states" not in read_checkpoint(resume):
+            raise InputError(
+                "a weights-only checkpoint cannot resume training: start from its weights with "
+                f"init_from={resume}, or evaluate it with fit=false ckpt_path={resume}",
+                resume,
+            )
+        own = RunFolder(out_dir)
+        if resume.resolve() != own.last_ckpt.resolve():  # another folder's run, continued in this new one
+            if cfg.stacked_runs > 1:
+                raise InputError("a stacked run resumes in its own folder: hydra.run.dir=<it> ckpt_path=last", resume)
+            log.info("resuming the run of %s in %s (that folder is only read)", resume, out_dir)
+            resume = adopt(resume, own.checkpoints)
         return resume
     if not cfg.fit and not Path(cfg.ckpt_path).is_file():
         raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
-    if is_rank_zero() and RunFolder(out_dir).holds_run():
-        raise InputError(TAKEN, out_dir)
+    if is_rank_zero():
+        refuse_taken(out_dir, None)
     return None
 
 
