@@ -36,15 +36,27 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
-def check_output(out: str | Path, inputs: Iterable[str | Path], overwrite: bool = False) -> Path:
-    """Refuse, before any work, an output that is one of the command's inputs, or one that exists
-    without ``--overwrite``."""
+def check_output(
+    out: str | Path, inputs: Iterable[str | Path | None], overwrite: bool | None = None, resumes: bool = False
+) -> Path:
+    """The one check of every command's output, before any work: refused when it is one of the
+    command's inputs, lies inside an input folder (a run, a dataset, an audio folder) or contains an
+    input, with or without ``--overwrite`` (symbolic links followed); and when it exists, unless
+    ``overwrite`` (the command's ``--overwrite``; None: it has none) or ``resumes`` (the command
+    continues what a killed run of it left there)."""
     out = Path(out)
-    for src in inputs:
-        if out.resolve() == Path(src).resolve():
+    target = out.resolve()
+    for src in (Path(s) for s in inputs if s is not None):
+        given = src.resolve()
+        if target == given:
             raise InputError("output would replace an input of this command; choose another output", out)
-    if out.exists() and not overwrite:
-        raise InputError("output exists; pass --overwrite to replace it", out)
+        if given.is_dir() and target.is_relative_to(given):
+            raise InputError(f"output would lie inside the input {src}; choose an output outside it", out)
+        if given.is_relative_to(target):
+            raise InputError(f"output would contain the input {src}; choose an output outside it", out)
+    if out.exists() and not resumes and not overwrite:
+        hint = "pass --overwrite to replace it" if overwrite is False else "choose another output"
+        raise InputError(f"output exists; {hint}", out)
     return out
 
 

@@ -353,7 +353,9 @@ ELSEWHERE: dict[str, str] = {
     "model=qd_detr": "test_effects.py::test_model_group_is_the_official_network",
     "resynth=castella_like": "test_resynth_castella.py::test_castella_like_run_labels_mixture_and_settings",
     # amr commands
-    "amr synth --*": "test_effects.py::test_synthetic_settings_change_the_generated_set",
+    "amr synth --[ps]*": "test_effects.py::test_synthetic_settings_change_the_generated_set",
+    "amr synth --out": "test_effects.py::test_synthetic_settings_change_the_generated_set",
+    "amr synth --overwrite": "test_outputs.py::test_synth_replaces_a_dataset_only_with_overwrite",
     "amr backtranslate --pivots": "test_backtranslate.py::test_killed_run_resumes_without_loss_or_duplicates",
     "amr backtranslate --model-template": "test_backtranslate.py::test_killed_run_resumes_without_loss_or_duplicates",
     "amr backtranslate --backend": "test_backtranslate.py::test_backends_agree_on_most_outputs",

@@ -20,8 +20,15 @@ if TYPE_CHECKING:
 
 def _synth(args: argparse.Namespace) -> None:
     from amr.data.annotations import load_annotations, split_stats
-    from amr.data.synth import generate
+    from amr.data.features import Layout
+    from amr.data.synth import PRESETS, generate
 
+    there = Layout(args.out, PRESETS[args.preset].name, PRESETS[args.preset].feat_dir)
+    taken = [
+        p for p in (*(there.annotations(s) for s in ("train", "val", "test")), there.features.folder) if p.exists()
+    ]
+    if taken and not args.overwrite:
+        raise InputError(f"holds a {there.name} dataset ({taken[0].name}); pass --overwrite to replace it", args.out)
     layout = generate(args.out, preset=args.preset, seed=args.seed, scale=args.scale)
     for split in ("train", "val", "test"):
         s = split_stats(load_annotations(layout.annotations(split)))
@@ -52,6 +59,7 @@ def _convert(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from amr.checkpoints import export
 
+    check_output(args.out, [args.checkpoint])
     out = export(args.checkpoint, args.out)
     mb = out.stat().st_size / 2**20
     print(f"weights and config of {args.checkpoint} written to {out} ({mb:.1f} MB)")
@@ -86,7 +94,7 @@ def _submit(args: argparse.Namespace) -> None:
 
     scores = args.out.with_suffix(".scores.jsonl")
     for out in (args.out, scores):
-        check_output(out, [args.ckpt, *([args.annotations] if args.annotations else [])])
+        check_output(out, [args.ckpt, args.data_root, args.annotations, args.calibrator])
     lines, how = evaluation_lines(
         args.ckpt,
         args.data_root,
@@ -114,6 +122,7 @@ def _extract_audio(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_audio_dir
 
     max_s = args.max_seconds if args.max_seconds > 0 else None
+    check_output(args.out, [args.audio_dir, args.clap_weights], resumes=True)
     report = extract_audio_dir(
         args.audio_dir, args.out, encoder_factory(args), max_s, args.centered, args.channel, args.batch_size
     )
@@ -123,6 +132,7 @@ def _extract_audio(args: argparse.Namespace) -> None:
 def _extract_text(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_text
 
+    check_output(args.out, [*args.annotations, args.paraphrases, args.clap_weights], resumes=True)
     report = extract_text(args.annotations, args.paraphrases, args.out, encoder_factory(args), args.batch_size)
     _finish(report, "text feature")
 
@@ -170,6 +180,7 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, default=1.0, help="multiplies the number of recordings")
+    s.add_argument("--overwrite", action="store_true", help="replace a dataset of this preset already at --out")
     s.set_defaults(fn=_synth)
 
     b = sub.add_parser("backtranslate", help="paraphrase captions through pivot languages (OPUS-MT)")

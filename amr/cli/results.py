@@ -67,6 +67,10 @@ def _report(args: argparse.Namespace) -> None:
     buckets = _bucket_option(args.buckets) or {}
     edges = sorted({x for lo_hi in buckets.values() for x in lo_hi})
     metrics = [m for m in args.metrics.split(",") if m]
+    if args.out:
+        from amr.results.report.runs import find_runs
+
+        check_output(args.out, [*args.runs, *(r.path for r in find_runs(args.runs))], resumes=True)
     print(report(args.runs, args.out, by, edges, args.reference, metrics))
     if args.out:
         print(f"\nwritten to {args.out}: report.md (tables, comparisons, figures), table.csv/json, buckets.json, *.png")

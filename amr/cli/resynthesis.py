@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from amr.cli.common import clap_options, encoder_factory
 from amr.errors import InputError
+from amr.io import check_output
 
 if TYPE_CHECKING:
     from amr.resynth.design import Design
@@ -49,9 +50,16 @@ def _splits(args: argparse.Namespace, design: Design) -> list[str]:
     return splits
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """The dataset root written (a killed run resumes there) lies apart from every input."""
+    inputs = [args.clotho, args.walking_tours, getattr(args, "recipe", None), getattr(args, "config", None)]
+    check_output(args.out, [*inputs, args.clap_weights], resumes=True)
+
+
 def _generate(args: argparse.Namespace, design: Design) -> None:
     from amr.resynth.run import resynth_split
 
+    _check_out(args)
     for split in _splits(args, design):
         s = resynth_split(args.clotho, args.walking_tours, _output(args, split, design), args.seed, args.limit, design)
         print(
@@ -87,6 +95,7 @@ def _fit(args: argparse.Namespace) -> None:
 def _replay(args: argparse.Namespace) -> None:
     from amr.resynth.replay import replay, split_of
 
+    _check_out(args)
     split = args.split or split_of(args.recipe)
     from amr.resynth.design import Official
 

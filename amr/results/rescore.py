@@ -25,6 +25,7 @@ from amr.inference.batch import Candidates
 from amr.inference.calibration import TARGET_IOU, Calibrator, features, fit, hits
 from amr.inference.decoders import DECODERS, DecodeConfig
 from amr.inference.predictor import collect
+from amr.io import check_output
 from amr.metrics.predictions import evaluate_lines
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.results.run_folder import RESCORE_RECORD, RunFolder, derived_overrides, write_derived_run
@@ -85,8 +86,7 @@ def output_folders(runs: Sequence[Path], out: Path) -> list[Path]:
     if len({t.name for t in targets}) != len(targets):
         raise InputError("several runs share a folder name; rescore them one at a time", "--out")
     for t in targets:
-        if t.exists():
-            raise InputError("output exists (a run folder is never overwritten)", t)
+        check_output(t, runs)  # never an existing folder, never inside or around an input run
     return targets
 
 
