@@ -109,3 +109,13 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 raise InputError("each line must be a JSON object", path, i)
             rows.append((i, obj))
     return rows
+
+
+def file_name(value: str, what: str, path: str | Path | None = None, line: int | None = None) -> str:
+    """An id that becomes part of a file name (a qid, a vid, a recipe entry's name, a pivot),
+    checked once, here: refused with one line naming the file and line when it holds a path
+    separator or NUL, is empty, ``.`` or ``..``, or is absolute, so that no name read from a file
+    can reach outside the folder it is written to or read from."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise InputError(f"{what} {value!r} cannot name a file (a path separator, '..', or NUL)", path, line)
+    return value

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,46 @@ def test_synth_replaces_a_dataset_only_with_overwrite(tmp_path) -> None:
     assert ann.read_text() == "precious\n"
     main(["synth", "--preset", "castella", "--out", str(root), "--scale", "0.02", "--overwrite"])
     assert ann.read_text() != "precious\n"
+
+
+def _line(**row) -> str:
+    return json.dumps({"qid": "q1", "query": "a dog barks", "vid": "v1", "duration": 10, **row}) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("qid", r"ann\.jsonl:1: qid 'x/\.\./\.\./\.\./ESCAPED' cannot name a file"),
+        ("vid", r"ann\.jsonl:1: qid q1: vid '\.\./\.\./\.\./\.\./ESCAPED' cannot name a file"),
+        ("pivot", r"para\.jsonl:1: qid q1: pivot '\.\./ESCAPED' cannot name a file"),
+        ("recipe", r"recipe_valid\.json: entry 0: name '\.\./\.\./\.\./ESCAPED' cannot name a file"),
+        ("--pivots", r"--pivots: pivot '\.\./ESCAPED' cannot name a file"),
+    ],
+)
+def test_names_read_from_files_cannot_reach_outside_the_output(tmp_path, source, message, capsys) -> None:
+    """Every id that becomes part of a path (qid, vid, pivot, recipe entry name) is checked in one
+    place (``amr.io.file_name``) when it is read: one line naming the file and line."""
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    ann, para = work / "ann.jsonl", work / "para.jsonl"
+    ann.write_text(_line(**{"qid": "x/../../../ESCAPED"} if source == "qid" else {}))
+    if source == "vid":
+        ann.write_text(_line(vid="../../../../ESCAPED"))
+    para.write_text(json.dumps({"qid": "q1", "versions": [{"pivot": "../ESCAPED", "text": "a dog"}]}) + "\n")
+    recipe = work / "recipe_valid.json"
+    recipe.write_text(json.dumps([{"name": "../../../ESCAPED", "bg": {"dB": 0}, "fg": []}]))
+    (work / "clotho").mkdir()
+    (work / "tours").mkdir()
+    argv = {
+        "qid": ["extract-text", "--annotations", str(ann), "--out", str(work / "feats")],
+        "vid": ["extract-text", "--annotations", str(ann), "--out", str(work / "feats")],
+        "pivot": ["extract-text", "--annotations", str(ann), "--paraphrases", str(para), "--out", str(work / "f")],
+        "recipe": ["resynth", "replay", str(recipe), "--clotho", str(work / "clotho"), "--walking-tours",
+                   str(work / "tours"), "--out", str(work / "root")],
+        "--pivots": ["backtranslate", str(ann), "--pivots", "../ESCAPED", "--out", str(work / "p.jsonl")],
+    }[source]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not [p for p in tmp_path.rglob("*ESCAPED*")]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from amr.clap.audio import AUDIO_SUFFIXES, Channel, audio_windows
 from amr.data.features import AUDIO_KEY, TEXT_KEY, FeatureLayout
 from amr.errors import InputError
-from amr.io import atomic_open, read_jsonl
+from amr.io import atomic_open, file_name, read_jsonl
 from amr.runtime import progress
 
 if TYPE_CHECKING:
@@ -170,15 +170,13 @@ def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Pa
         for line, row in read_jsonl(paraphrases):
             if "qid" not in row or not isinstance(row.get("versions"), list):
                 raise InputError("each line needs 'qid' and a 'versions' list", paraphrases, line)
-            qid = str(row["qid"])
+            qid = file_name(str(row["qid"]), "qid", paraphrases, line)
             if known and qid not in known:
                 raise InputError(f"qid {qid} is not in the annotation file(s)", paraphrases, line)
             for v in row["versions"]:
                 if not isinstance(v, dict) or not isinstance(v.get("pivot"), str) or not v["pivot"]:
                     raise InputError(f"qid {qid}: each version needs a 'pivot' and a 'text'", paraphrases, line)
-                pivot = v["pivot"]
-                if "/" in pivot or pivot.startswith("."):
-                    raise InputError(f"qid {qid}: pivot {pivot!r} cannot name a folder", paraphrases, line)
+                pivot = file_name(v["pivot"], f"qid {qid}: pivot", paraphrases, line)
                 text = _caption(v.get("text"), paraphrases, line, f"qid {qid} version '{pivot}'")
                 add(text, feats.text_file(qid, pivot))
     return [TextJob(c, d) for c, d in by_text.items()], present

@@ -12,7 +12,7 @@ from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
 from amr.errors import InputError, os_error_line
-from amr.io import check_output
+from amr.io import check_output, file_name
 
 if TYPE_CHECKING:
     from amr.clap.extract import ExtractReport
@@ -71,6 +71,8 @@ def _backtranslate(args: argparse.Namespace) -> None:
     from amr.io import write_jsonl
 
     check_output(args.out, args.annotations, args.overwrite)
+    for pivot in args.pivots:
+        file_name(pivot, "pivot", "--pivots")
     queries = []
     seen: set[str] = set()
     for path in args.annotations:

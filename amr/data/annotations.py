@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from amr.errors import InputError
-from amr.io import finite_number, read_jsonl
+from amr.io import file_name, finite_number, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,14 @@ def parse_query(
     qid = obj["qid"]
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
         raise InputError(f"qid must be a string, got {qid!r}", path, line)
-    qid = str(qid)
+    qid = file_name(str(qid), "qid", path, line)
     text = obj["query"]
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"empty query for qid {qid}", path, line)
     vid = obj["vid"]
     if not isinstance(vid, str) or not vid:
         raise InputError(f"vid must be a non-empty string for qid {qid}", path, line)
+    file_name(vid, f"qid {qid}: vid", path, line)
     duration = obj["duration"]
     if not finite_number(duration) or duration <= 0:
         raise InputError(f"duration must be a positive number for qid {qid}, got {duration!r}", path, line)

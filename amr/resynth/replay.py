@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from amr.errors import InputError
+from amr.io import file_name
 from amr.resynth.design import Official
 from amr.resynth.recipe import Event, RecipeConfig, Recording
 from amr.resynth.run import Job, Output, produce, reporter
@@ -26,6 +27,8 @@ def _load(path: Path) -> list[dict[str, Any]]:
         raise InputError(f"not a readable recipe ({e.__class__.__name__})", path) from None
     if not isinstance(doc, list) or not all(isinstance(r, dict) and {"name", "bg", "fg"} <= set(r) for r in doc):
         raise InputError('a recipe is a list of {"name", "bg", "fg"} entries', path)
+    for i, entry in enumerate(doc):
+        file_name(str(entry["name"]), f"entry {i}: name", path)
     return doc
 
 
