@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -191,3 +192,51 @@ def test_isotonic_calibration_keeps_each_ranking() -> None:
         )
         curve = rng.normal(size=60)
         assert [r[:2] for r in iso.rescore(rows, rows, curve, 60.0)] == [r[:2] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("method", "spoil", "message"),
+    [
+        ("logistic", lambda d: d["params"]["coef"].__setitem__(0, float("nan")), "params.coef must be 8 finite"),
+        ("logistic", lambda d: d["params"]["scale"].__setitem__(0, 0.0), "params.scale must be positive"),
+        ("logistic", lambda d: d["params"].__setitem__("mean", [0.0]), "params.mean must be 8 finite"),
+        ("isotonic", lambda d: d["params"]["y"].__setitem__(0, float("inf")), "params.y must be a list of finite"),
+        ("isotonic", lambda d: d["params"]["y"].reverse(), "one non-decreasing table"),
+        ("isotonic", lambda d: d["params"].__setitem__("x", d["params"]["x"][:-1]), "of equal lengths"),
+    ],
+)
+def test_a_calibrator_with_nan_or_misshapen_numbers_is_one_line(tmp_path, method, spoil, message, capsys) -> None:
+    """A calibrator file is checked when read: NaN would print every score as nan and fill a
+    submission with NaN."""
+    from amr.cli import main
+
+    x, y = _candidates()
+    fit(x, y, method, DecodeConfig()).save(tmp_path / "cal.json")
+    doc = json.loads((tmp_path / "cal.json").read_text())
+    spoil(doc)
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=f"bad.json: not a usable calibrator \\(.*{re.escape(message)}"):
+        Calibrator.load(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"list.json: not a usable calibrator \(not a JSON object\)"):
+        Calibrator.load(tmp_path / "list.json")
+    from tests.helpers import random_checkpoint
+
+    ckpt = random_checkpoint(tmp_path / "m.ckpt")
+    np.savez(tmp_path / "a.npz", features=np.ones((20, 768), dtype=np.float32))
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(ckpt),
+                "--audio",
+                str(tmp_path / "a.npz"),
+                "--query",
+                "q",
+                "--calibrator",
+                str(tmp_path / "bad.json"),
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a usable calibrator" in err[0]

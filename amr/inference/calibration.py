@@ -81,6 +81,30 @@ def hits(rows: Rows, gt_windows: Sequence[Sequence[float]], iou: float = TARGET_
     return window_iou(w, gt).max(1) >= iou
 
 
+def _numbers(params: dict[str, Any], key: str, size: int | None = None) -> np.ndarray:
+    values = np.asarray(params[key], dtype=float)
+    if values.ndim != 1 or (size is not None and len(values) != size) or not np.isfinite(values).all():
+        want = f"{size} finite numbers" if size is not None else "a list of finite numbers"
+        raise ValueError(f"params.{key} must be {want}")
+    return values
+
+
+def _check_params(method: str, params: dict[str, Any]) -> None:
+    if method == "isotonic":
+        x, y = _numbers(params, "x"), _numbers(params, "y")
+        if len(x) < 1 or len(x) != len(y) or (np.diff(x) < 0).any() or (np.diff(y) < 0).any():
+            raise ValueError("params.x and params.y must be one non-decreasing table of equal lengths")
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError("params.y must be probabilities in [0, 1]")
+        return
+    n = len(FEATURES)
+    _numbers(params, "mean", n)
+    _numbers(params, "coef", n)
+    _numbers(params, "intercept", 1)
+    if (_numbers(params, "scale", n) <= 0).any():
+        raise ValueError("params.scale must be positive")
+
+
 @dataclass
 class Calibrator:
     method: str
@@ -108,14 +132,19 @@ class Calibrator:
 
     @classmethod
     def load(cls, path: str | Path) -> Calibrator:
-        """Refuses, naming the file, a calibrator of other features or of an unknown method."""
+        """Refuses, naming the file, a calibrator of other features or of an unknown method, and
+        parameters that are not finite numbers of the right shapes (an isotonic table: increasing
+        x, non-decreasing y in [0, 1])."""
         try:
             doc = json.loads(Path(path).read_text())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("features") != list(FEATURES) or doc.get("method") not in METHODS:
                 raise ValueError(f"expects method in {list(METHODS)} and features {list(FEATURES)}")
             cal = cls(doc["method"], doc["decode"], doc["params"], doc.get("fit_on", {}))
             DecodeConfig(**cal.decode).check()
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            _check_params(cal.method, cal.params)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"not a usable calibrator ({e})", path) from None
         return cal
 
