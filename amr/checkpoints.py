@@ -41,6 +41,10 @@ def read(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a zip (torch.save) or a pickle
+        raise InputError("not a checkpoint: not a file torch.save writes", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -347,3 +347,91 @@ def test_a_mistyped_data_root_is_an_error_not_a_new_synthetic_set(tmp_path, key)
     moved = tmp_path / "elsewhere"  # asked for explicitly: the synthetic set's own root
     train(_cfg(tmp_path, "run", "pretrain=none", "train.max_epochs=1", f"data.synthetic.root={moved}"))
     assert (moved / "data" / "castella_test_release.jsonl").is_file()
+
+
+def _fake_run(folder: Path, annotations: str) -> Path:
+    (folder / "predictions").mkdir(parents=True)
+    (folder / "predictions" / "test_preds.jsonl").write_text("")
+    (folder / "run.json").write_text(json.dumps({"annotations": {"test": annotations}}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["synth", "--preset", "castella", "--out", "{t}/s", "--scale", "0"],
+            "--scale must be a positive number, got 0.0",
+        ),
+        (["synth", "--preset", "castella", "--out", "{t}/s", "--scale", "-1"], "--scale must be a positive number"),
+        (
+            ["synth", "--preset", "castella", "--out", "{t}/s", "--scale", "nan"],
+            "--scale must be a positive number, got nan",
+        ),
+        (
+            ["ensemble", "{t}/a", "{t}/a", "--out", "{t}/e", "--weights", "inf,1"],
+            "positive finite weight per run (2), got [inf",
+        ),
+        (
+            ["ensemble", "{t}/a", "{t}/b", "--out", "{t}/e"],
+            "its test predictions are for /other.jsonl, {t}/a's for /gt.jsonl",
+        ),
+        (
+            ["resynth", "official", "--clotho", "{t}", "--walking-tours", "{t}", "--out", "{t}/r", "--limit", "-5"],
+            "--limit must be at least 1",
+        ),
+        (
+            ["extract-audio", "--audio-dir", "{t}", "--out", "{t}/f", "--batch-size", "0"],
+            "--batch-size must be at least 1, got 0",
+        ),
+        (
+            ["extract-text", "--annotations", "{t}/x.jsonl", "--out", "{t}/f", "--batch-size", "0"],
+            "--batch-size must be at least 1",
+        ),
+        (
+            ["decode", "{t}/a", "--out", "{t}/d", "--decode", "segmental", "--set", "threshold_k=inf"],
+            "threshold_k must be a finite number, got inf",
+        ),
+        (
+            ["decode", "{t}/a", "--out", "{t}/d", "--decode", "segmental", "--set", "min_len=9", "--set", "max_len=3"],
+            "min_len 9 exceeds decode.max_len 3",
+        ),
+        (
+            ["predict", "--ckpt", "{t}/x.jsonl", "--audio", "{t}/a.npz", "--query", "q"],
+            "x.jsonl: not a checkpoint: not a file torch.save writes",
+        ),
+        (
+            ["submit", "--ckpt", "{t}/x.jsonl", "--data-root", "{t}/a", "--out", "{t}/o/s.jsonl"],
+            "x.jsonl: not a checkpoint: not a file torch.save writes",
+        ),
+    ],
+)
+def test_values_that_cannot_work_are_one_line(tmp_path, capsys, argv, line) -> None:
+    """Values that used to be accepted (and then failed late, or wrote nonsense) are one line."""
+    _fake_run(tmp_path / "a", "/gt.jsonl")
+    _fake_run(tmp_path / "b", "/other.jsonl")
+    (tmp_path / "x.jsonl").write_text('{"qid": 1}\n')
+    np.savez(tmp_path / "a.npz", features=np.ones((5, 768), dtype=np.float32))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit):
+        main([a.format(t=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line.format(t=tmp_path) in err[0], err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_folder_that_is_a_file_and_a_checkpoint_for_other_features_are_one_line(tmp_path) -> None:
+    from tests.helpers import random_checkpoint
+
+    (tmp_path / "afile").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "amr.training.run", "experiment=castella_only", f"hydra.run.dir={tmp_path / 'afile'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(
+        "afile: the run folder is a file; pick another hydra.run.dir"
+    )
+    ckpt = random_checkpoint(tmp_path / "m512.ckpt", aud_dim=512, txt_dim=512)
+    with pytest.raises(InputError, match="m512.ckpt: the model expects 512-d audio"):
+        train(_cfg(tmp_path, "eval", "experiment=castella_only", "fit=false", f"ckpt_path={ckpt}"))
+    assert not (tmp_path / "outputs").exists()  # refused before the data is generated or read

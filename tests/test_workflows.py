@@ -204,6 +204,12 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["decode=hybrid", "decode.detr_weight=1.5"], r"decode\.detr_weight must be in \[0, 1\]"),
         (["loss.cls_gamma=1.0"], r"loss\.cls_alpha and loss\.cls_gamma are read only by loss\.cls=focal"),
         (["loss.cls=dice"], r"loss\.cls must be one of \['ce', 'focal', 'varifocal'\]"),
+        (["+optim.lrr=0.1", "+train.max_epoch=50"], r"train\.max_epoch, optim\.lrr: not a setting of the training"),
+        (["+foo=1"], r"^foo: not a setting of the training config"),
+        (["model.aud_dim=512"], r"model\.aud_dim must be 768, the width of MS-CLAP 2023 features, got 512"),
+        (["decode=segmental", "decode.threshold_k=nan"], r"decode\.threshold_k must be a finite number, got nan"),
+        (["decode=segmental", "decode.min_len=9", "decode.max_len=3"], r"decode\.min_len 9 exceeds decode\.max_len 3"),
+        (["+callbacks.x._target_=os.system"], r"callbacks\.x\._target_: os\.system is not an importable Lightning"),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_refused_up_front(tmp_path, overrides, message) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ def _synth(args: argparse.Namespace) -> None:
     from amr.data.features import Layout
     from amr.data.synth import PRESETS, generate
 
+    if not (args.scale > 0 and math.isfinite(args.scale)):
+        raise InputError(f"--scale must be a positive number, got {args.scale}", "--scale")
     there = Layout(args.out, PRESETS[args.preset].name, PRESETS[args.preset].feat_dir)
     taken = [
         p for p in (*(there.annotations(s) for s in ("train", "val", "test")), there.features.folder) if p.exists()
@@ -122,7 +125,9 @@ def _finish(report: ExtractReport, what: str) -> None:
 
 def _extract_audio(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_audio_dir
+    from amr.inference.predictor import at_least_one
 
+    at_least_one(args.batch_size, "--batch-size")
     max_s = args.max_seconds if args.max_seconds > 0 else None
     check_output(args.out, [args.audio_dir, args.clap_weights], resumes=True)
     report = extract_audio_dir(
@@ -133,7 +138,9 @@ def _extract_audio(args: argparse.Namespace) -> None:
 
 def _extract_text(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_text
+    from amr.inference.predictor import at_least_one
 
+    at_least_one(args.batch_size, "--batch-size")
     check_output(args.out, [*args.annotations, args.paraphrases, args.clap_weights], resumes=True)
     report = extract_text(args.annotations, args.paraphrases, args.out, encoder_factory(args), args.batch_size)
     _finish(report, "text feature")

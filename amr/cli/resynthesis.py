@@ -52,6 +52,10 @@ def _splits(args: argparse.Namespace, design: Design) -> list[str]:
 
 def _check_out(args: argparse.Namespace) -> None:
     """The dataset root written (a killed run resumes there) lies apart from every input."""
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise InputError(f"--limit must be at least 1, got {args.limit}", "--limit")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}", "--batch-size")
     inputs = [args.clotho, args.walking_tours, getattr(args, "recipe", None), getattr(args, "config", None)]
     check_output(args.out, [*inputs, args.clap_weights], resumes=True)
 

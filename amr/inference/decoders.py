@@ -13,6 +13,7 @@ the T frames, vectorised over recordings and segment lengths).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -156,8 +157,13 @@ class DecodeConfig:
         the chosen decoder would ignore."""
         if self.name not in DECODERS:
             raise ValueError(f"decode.name must be one of {list(DECODERS)}, got {self.name!r}")
+        for key in ("threshold_k", "penalty", "detr_weight"):
+            if not math.isfinite(getattr(self, key)):
+                raise ValueError(f"decode.{key} must be a finite number, got {getattr(self, key)}")
         if self.min_len < 1 or self.max_len < 1:
             raise ValueError(f"decode.min_len and decode.max_len must be >= 1, got {self.min_len}, {self.max_len}")
+        if {"min_len", "max_len"} <= set(DECODERS.get(self.name, ())) and self.min_len > self.max_len:
+            raise ValueError(f"decode.min_len {self.min_len} exceeds decode.max_len {self.max_len}")
         if not 0.0 <= self.detr_weight <= 1.0:
             raise ValueError(f"decode.detr_weight must be in [0, 1], got {self.detr_weight}")
         default = DecodeConfig()

@@ -19,6 +19,7 @@ runs' weighted scores for it over the sum of the weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,17 @@ def _check_members(runs: Sequence[Path], weights: Sequence[float] | None, method
     if not 0 < iou <= 1:
         raise InputError(f"--iou must be in (0, 1], got {iou}", "--iou")
     w = list(weights) if weights else [1.0] * len(runs)
-    if len(w) != len(runs) or any(not x > 0 for x in w):
-        raise InputError(f"--weights needs one positive weight per run ({len(runs)}), got {w}", "--weights")
+    if len(w) != len(runs) or any(not (x > 0 and math.isfinite(x)) for x in w):
+        raise InputError(f"--weights needs one positive finite weight per run ({len(runs)}), got {w}", "--weights")
+    first = RunFolder(runs[0])
     for run in runs:
         folder = RunFolder(run)
         if not folder.predictions("test").is_file():
             raise InputError(f"no {folder.rel(folder.predictions('test'))} in this run", run)
+        for split in ("val", "test"):
+            mine, theirs = folder.annotations(split), first.annotations(split)
+            if mine is not None and theirs is not None and mine.resolve() != theirs.resolve():
+                raise InputError(f"its {split} predictions are for {mine}, {runs[0]}'s for {theirs}: not one set", run)
     return w
 
 

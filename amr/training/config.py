@@ -12,17 +12,19 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
+from amr.data.features import FEAT_DIM
 from amr.inference.decoders import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
 from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
 from amr.model.criterion import CLS_LOSSES
 from amr.model.matcher import SOLVERS
-from amr.training.loggers import logger_class
+from amr.training.loggers import issubclass_of, logger_class
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 STAGES = ("pretrain", "finetune")  # the stages augmentation can be switched on for
@@ -271,11 +273,40 @@ def inactive_keys(cfg: DictConfig) -> set[str]:
     return off
 
 
+def unknown_keys(node: Any, cls: Any = None, prefix: str = "") -> list[str]:
+    """Keys of a composed config that the schema does not hold (added with ``+``, e.g. a misspelt
+    ``+optim.lrr=0.1``); the free-form groups (trainer, logger, callbacks) hold what their targets take."""
+    import dataclasses
+    import typing
+
+    cls = cls or TrainConfig
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for key in node:
+        if key not in known:
+            out.append(f"{prefix}{key}")
+            continue
+        kinds = [t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t)]
+        child = node[key]
+        if kinds and OmegaConf.is_dict(child):
+            out += unknown_keys(child, kinds[0], f"{prefix}{key}.")
+    return out
+
+
 def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     """Range and choice checks the schema types cannot express, and settings that would be accepted
     and then ignored. Raises ValueError naming the key (and the allowed values)."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a setting of the training config (misspelt?)")
     _validate_augment(cfg)
     _in(cfg.monitor, tuple(SHORT_NAMES.values()), "monitor")
+    for key in ("model.aud_dim", "model.txt_dim"):
+        if OmegaConf.select(cfg, key) != FEAT_DIM:
+            raise ValueError(
+                f"{key} must be {FEAT_DIM}, the width of MS-CLAP 2023 features, got {OmegaConf.select(cfg, key)}"
+            )
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")
@@ -318,6 +349,8 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     for name, cb in cfg.callbacks.items():
         if not OmegaConf.is_dict(cb) or "_target_" not in cb:
             raise ValueError(f"callbacks.{name} needs a _target_ (a Lightning callback class), got {cb!r}")
+        if not issubclass_of(str(cb._target_), Callback):
+            raise ValueError(f"callbacks.{name}._target_: {cb._target_} is not an importable Lightning callback")
     if not cfg.fit and not cfg.ckpt_path:
         raise ValueError("fit=false evaluates a checkpoint: give ckpt_path=PATH")
     if cfg.fit and cfg.calibrator is not None:

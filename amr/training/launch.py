@@ -86,6 +86,8 @@ def refuse_taken(out: Path, resume: Path | None) -> None:
     """A run writes only into a folder that holds no run, or (resuming) into the unfinished run whose
     last checkpoint it resumes from. Raises InputError naming the folder otherwise."""
     folder = RunFolder(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("the run folder is a file; pick another hydra.run.dir", out)
     if not folder.holds_run():
         return
     if resume is None:

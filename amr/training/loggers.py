@@ -66,6 +66,16 @@ class StepSeed(Callback):
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
 
 
+def issubclass_of(target: str, base: type) -> bool:
+    """Whether ``target`` (``module.Class``) imports and is a subclass of ``base``."""
+    where, _, attr = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(where), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, base)
+
+
 def logger_class(name: str, node: Any) -> type:
     """The Lightning logger class of ``logger.<name>``; ValueError (naming the key) when the entry has
     no ``_target_``, the class cannot be imported, is not a Lightning logger, or does not take one of

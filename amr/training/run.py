@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amr.checkpoints import Checkpoint, adopt
 from amr.checkpoints import read as read_checkpoint
+from amr.data.features import FEAT_DIM
 from amr.errors import InputError, os_error_line
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
@@ -171,6 +172,8 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
         return resume
     if not cfg.fit and not Path(cfg.ckpt_path).is_file():
         raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
+    if not cfg.fit:  # weights for other features, or not a checkpoint: one line before any data is read
+        Checkpoint.read(cfg.ckpt_path).model(FEAT_DIM)
     if is_rank_zero():
         refuse_taken(out_dir, None)
     return None
