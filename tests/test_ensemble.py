@@ -74,7 +74,7 @@ def test_ensemble_of_identical_runs_scores_as_the_run(runs, tmp_path) -> None:
 def test_bad_ensembles_fail_before_any_work(runs, tmp_path) -> None:
     with pytest.raises(InputError, match="at least two runs"):
         ensemble(runs[:1], tmp_path / "x")
-    with pytest.raises(InputError, match="one positive weight per run"):
+    with pytest.raises(InputError, match="one positive finite weight per run"):
         ensemble(runs[:2], tmp_path / "x", weights=[1.0])
     with pytest.raises(InputError, match="unknown method"):
         ensemble(runs[:2], tmp_path / "x", method="nms")

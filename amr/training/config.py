@@ -294,19 +294,24 @@ def unknown_keys(node: Any, cls: Any = None, prefix: str = "") -> list[str]:
     return out
 
 
-def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
-    """Range and choice checks the schema types cannot express, and settings that would be accepted
-    and then ignored. Raises ValueError naming the key (and the allowed values)."""
+def _validate_keys(cfg: DictConfig) -> None:
+    """Keys the schema lacks, the tracked metric, and network widths other than the features'."""
     unknown = unknown_keys(cfg)
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not a setting of the training config (misspelt?)")
-    _validate_augment(cfg)
     _in(cfg.monitor, tuple(SHORT_NAMES.values()), "monitor")
     for key in ("model.aud_dim", "model.txt_dim"):
         if OmegaConf.select(cfg, key) != FEAT_DIM:
             raise ValueError(
                 f"{key} must be {FEAT_DIM}, the width of MS-CLAP 2023 features, got {OmegaConf.select(cfg, key)}"
             )
+
+
+def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
+    """Range and choice checks the schema types cannot express, and settings that would be accepted
+    and then ignored. Raises ValueError naming the key (and the allowed values)."""
+    _validate_keys(cfg)
+    _validate_augment(cfg)
     _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")

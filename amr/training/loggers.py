@@ -66,13 +66,18 @@ class StepSeed(Callback):
         torch.manual_seed(step_seed(self.seed, trainer.current_epoch, batch_idx))
 
 
-def issubclass_of(target: str, base: type) -> bool:
-    """Whether ``target`` (``module.Class``) imports and is a subclass of ``base``."""
+def target_class(target: str) -> Any:
+    """The object ``target`` (``module.Class``) names, or None when it does not import."""
     where, _, attr = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(where), attr)
+        return getattr(importlib.import_module(where), attr)
     except (ImportError, AttributeError, ValueError):
-        return False
+        return None
+
+
+def issubclass_of(target: str, base: type) -> bool:
+    """Whether ``target`` (``module.Class``) imports and is a subclass of ``base``."""
+    cls = target_class(target)
     return isinstance(cls, type) and issubclass(cls, base)
 
 
@@ -82,11 +87,9 @@ def logger_class(name: str, node: Any) -> type:
     the given arguments."""
     if not OmegaConf.is_dict(node) or "_target_" not in node:
         raise ValueError(f"logger.{name} needs a _target_ (a Lightning logger class), got {node!r}")
-    where, _, attr = str(node._target_).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(where), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"logger.{name}._target_: cannot import {node._target_!r}") from None
+    cls = target_class(str(node._target_))
+    if cls is None:
+        raise ValueError(f"logger.{name}._target_: cannot import {node._target_!r}")
     if not (isinstance(cls, type) and issubclass(cls, Logger)):
         raise ValueError(f"logger.{name}._target_: {node._target_} is not a Lightning logger")
     module = sys.modules.get(cls.__module__)
