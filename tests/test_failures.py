@@ -247,6 +247,12 @@ def test_resuming_a_run_that_never_saved_names_the_way_out(tmp_path) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(InputError, match=r"no last\.ckpt: the run stopped before its first epoch ended; .*rm -r"):
         train(_cfg(tmp_path, "run", "experiment=castella_only", "ckpt_path=last"))
+    # killed in pre-training: the run folder holds only Hydra's record; the pre-training cache resumes
+    (tmp_path / "pre" / ".hydra").mkdir(parents=True)
+    with pytest.raises(
+        InputError, match=r"pre: no checkpoints/last\.ckpt: the run stopped before its main stage began"
+    ):
+        train(_cfg(tmp_path, "pre", "experiment=system1", "ckpt_path=last"))
 
 
 def test_an_unwritable_output_folder_is_one_line(tmp_path, capsys, monkeypatch) -> None:
@@ -435,3 +441,30 @@ def test_a_run_folder_that_is_a_file_and_a_checkpoint_for_other_features_are_one
     with pytest.raises(InputError, match="m512.ckpt: the model expects 512-d audio"):
         train(_cfg(tmp_path, "eval", "experiment=castella_only", "fit=false", f"ckpt_path={ckpt}"))
     assert not (tmp_path / "outputs").exists()  # refused before the data is generated or read
+
+
+@pytest.mark.parametrize(
+    ("command", "spoil", "line"),
+    [
+        ("decode", ("run.json", "{broken"), "run.json: not valid JSON (Expecting property name"),
+        ("decode", ("run.json", "[1, 2]"), "run.json: not a JSON object"),
+        ("decode", (".hydra/config.yaml", "[1"), ".hydra/config.yaml: not a readable config (while parsing"),
+        ("report", ("test_metrics.json", "{bad"), "test_metrics.json: not valid JSON (Expecting property name"),
+    ],
+)
+def test_a_run_folder_with_a_broken_record_is_one_line(tmp_path, capsys, command, spoil, line) -> None:
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text(
+        json.dumps({"qid": 1, "query": "a dog", "vid": "v", "duration": 10, "relevant_windows": [[1, 2]]}) + "\n"
+    )
+    run = _fake_run(tmp_path / "run", str(gt))
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / "test_metrics.json").write_text("{}")
+    name, text = spoil
+    (run / name).write_text(text)
+    argv = ["decode", str(run), "--out", str(tmp_path / "d")] if command == "decode" else ["report", str(run)]
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0], err

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from amr.errors import InputError
 from amr.inference.calibration import FILE_NAME as CALIBRATOR
 from amr.io import atomic_open, write_json
 from amr.metrics.predictions import write_metrics, write_predictions
@@ -125,17 +126,26 @@ class RunFolder:
         return self.info_file.is_file() or any(p.is_file() for p in self.path.glob(f"seed=*/{self.info_file.name}"))
 
     def info(self) -> dict[str, Any]:
-        """Its ``run.json`` ({} when there is none)."""
-        return json.loads(self.info_file.read_text()) if self.info_file.is_file() else {}
+        """Its ``run.json`` ({} when there is none); one that is not a JSON object is one line."""
+        return read_record(self.info_file) if self.info_file.is_file() else {}
+
+    def test_metrics_record(self) -> dict[str, Any]:
+        """Its ``test_metrics.json``; one that is not a JSON object is one line."""
+        return read_record(self.test_metrics)
 
     def config(self) -> dict[str, Any]:
-        """Its saved config, unresolved ({} when there is none)."""
+        """Its saved config, unresolved ({} when there is none); one that is no YAML mapping is one line."""
         if not self.config_file.is_file():
             return {}
         from omegaconf import OmegaConf
 
-        loaded = OmegaConf.to_container(OmegaConf.load(self.config_file), resolve=False)
-        return {str(k): v for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(self.config_file), resolve=False)
+        except Exception as e:  # noqa: BLE001 - yaml's and OmegaConf's errors alike
+            raise InputError(f"not a readable config ({str(e).splitlines()[0]})", self.config_file) from None
+        if not isinstance(loaded, dict):
+            raise InputError("not a readable config (not a mapping)", self.config_file)
+        return {str(k): v for k, v in loaded.items()}
 
     def annotations(self, split: str) -> Path | None:
         """The annotation file its ``split`` was scored against (None when run.json names none)."""
@@ -247,3 +257,15 @@ def write_derived_run(
     folder.write_info(info)
     folder.write_record(*record)
     return folder
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON object a run folder holds (``run.json``, ``test_metrics.json``, ...): one line naming
+    the file when it is not one."""
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({e})", path) from None
+    if not isinstance(doc, dict):
+        raise InputError("not a JSON object", path)
+    return doc

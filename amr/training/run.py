@@ -153,6 +153,12 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"or remove this one first (rm -r {out_dir})",
                 resume.parent,
             )
+        if cfg.ckpt_path == "last" and not resume.is_file() and out_dir.is_dir():
+            raise InputError(
+                f"no {RunFolder(out_dir).rel(resume)}: the run stopped before its main stage began (in pre-training); "
+                "start it again in a new folder without ckpt_path: the pre-training resumes from its cache",
+                out_dir,
+            )
         if not resume.is_file():
             raise InputError("checkpoint to resume from not found", resume)
         if is_rank_zero():

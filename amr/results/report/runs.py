@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,7 +122,7 @@ def _load_run(folder: RunFolder) -> Run | None:
         raise InputError(f"run has no {folder.rel(preds_path)} ({why})", folder.path)
     if not gt_path.is_file():
         raise InputError(f"the run's test annotations {gt_path} are missing (moved or deleted?)", folder.path)
-    metrics = json.loads(folder.test_metrics.read_text())
+    metrics = folder.test_metrics_record()
     run = Run(folder.path, info["experiment"], info["overrides"], info["seed"], metrics, gt_path)
     if info.get("pretrain_checkpoint"):
         run.pretrain_dir = Path(info["pretrain_checkpoint"]).parent
