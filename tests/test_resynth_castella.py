@@ -168,6 +168,8 @@ def test_castella_like_config_errors_are_one_line(tmp_path) -> None:
         ("window_s=30", "window_s is the official recipe's, not used here"),
         ("queries=[0,0]", "queries must be a non-empty list of probabilities"),
         ("p_longest=often", "p_longest: Value 'often' of type 'str' could not be converted to Float"),
+        ("sr=0", "sr must be a positive sample rate, got 0"),
+        ("split_ratio=[0,0,0]", "split_ratio must be counts >= 0, got [0, 0, 0]"),
     ):
         rc, _, stderr = _run(_cli(clotho, tours, tmp_path / "o", "--set", setting))
         assert rc == 2 and f"{CONFIG}: {message}" in stderr and len(stderr.strip().splitlines()) == 1, stderr

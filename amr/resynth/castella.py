@@ -176,7 +176,26 @@ def load(path: Path = CONFIG, overrides: Sequence[str] = ()) -> CastellaLike:
         _typed(RecipeConfig, {str(k): v for k, v in doc.items() if k in recipe_keys}, path),
     )
     _check(design.dist, path)
+    _check_recipe(design.cfg, path)
     return design
+
+
+def _check_recipe(c: RecipeConfig, path: Path) -> None:
+    """The recipe settings a mixture is built with: positive rates and lengths, ordered ranges."""
+    problems = [
+        (c.sr < 1, f"sr must be a positive sample rate, got {c.sr}"),
+        (not c.window_s > 0, f"window_s must be > 0, got {c.window_s}"),
+        (not c.mean_gap_s > 0, f"mean_gap_s must be > 0, got {c.mean_gap_s}"),
+        (c.fg_db_range[0] > c.fg_db_range[1], f"fg_db_range must be [low, high], got {list(c.fg_db_range)}"),
+        (c.bg_db_range[0] > c.bg_db_range[1], f"bg_db_range must be [low, high], got {list(c.bg_db_range)}"),
+        (
+            min(c.split_ratio) < 0 or sum(c.split_ratio) < 1,
+            f"split_ratio must be counts >= 0, got {list(c.split_ratio)}",
+        ),
+    ]
+    for bad, line in problems:
+        if bad:
+            raise InputError(line, path)
 
 
 def _check(d: Distributions, path: Path) -> None:
