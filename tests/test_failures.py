@@ -468,3 +468,21 @@ def test_a_run_folder_with_a_broken_record_is_one_line(tmp_path, capsys, command
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and line in err[0], err
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydra_writes(tmp_path, capsys, monkeypatch) -> None:
+    """(Permissions cannot be tested as root: the operating system's answer is simulated.)"""
+    from amr.training.launch import LAUNCH_ENV, preflight
+
+    monkeypatch.setenv(LAUNCH_ENV, "restored after the test")  # preflight sets it for its launch
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    with pytest.raises(SystemExit):
+        preflight(["experiment=castella_only", f"hydra.run.dir={locked / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {locked / 'run'}: cannot write the run folder: {locked} is read-only; pick another hydra.run.dir"
+    ]
+    assert not (locked / "run").exists()

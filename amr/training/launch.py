@@ -88,6 +88,9 @@ def refuse_taken(out: Path, resume: Path | None) -> None:
     folder = RunFolder(out)
     if out.exists() and not out.is_dir():
         raise InputError("the run folder is a file; pick another hydra.run.dir", out)
+    there = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(there, os.W_OK):
+        raise InputError(f"cannot write the run folder: {there} is read-only; pick another hydra.run.dir", out)
     if not folder.holds_run():
         return
     if resume is None:
