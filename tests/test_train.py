@@ -366,3 +366,22 @@ def test_a_resume_never_writes_into_a_finished_or_another_run(root) -> None:
     train(_cfg(root, "continued", "experiment=castella_only", "seed=5", "train.max_epochs=3", f"ckpt_path={last}"))
     assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == source
     assert torch.load(root / "runs" / "continued" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def test_two_resumes_of_one_run_at_once_are_refused(root) -> None:
+    """The second resume of a run while one is resuming it is one line (both would train and log
+    the same epochs); once the first is done, the run resumes."""
+    from filelock import FileLock
+
+    train(_cfg(root, "busy", "experiment=castella_only", "train.max_epochs=1"))
+    run = root / "runs" / "busy"
+    (run / "run.json").unlink()  # as a run stopped after its first epoch leaves it
+    holder = FileLock(str(run / ".resume.lock"))
+    holder.acquire()
+    try:
+        with pytest.raises(InputError, match="busy: another process is resuming this run now"):
+            train(_cfg(root, "busy", "experiment=castella_only", "train.max_epochs=2", "ckpt_path=last"))
+    finally:
+        holder.release()
+    train(_cfg(root, "busy", "experiment=castella_only", "train.max_epochs=2", "ckpt_path=last"))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1

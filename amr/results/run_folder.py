@@ -49,6 +49,7 @@ RESCORE_RECORD = "rescore.json"  # what a re-decoded run (amr decode, amr calibr
 ENSEMBLE_RECORD = "ensemble.json"  # what a fused run (amr ensemble) was made of
 RECORDS = (RESCORE_RECORD, ENSEMBLE_RECORD)
 FAILURE = "failed.json"
+RESUME_LOCK = ".resume.lock"  # held by the process resuming the run
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,10 @@ class RunFolder:
     @property
     def calibrator(self) -> Path:
         return self.path / CALIBRATOR
+
+    @property
+    def resume_lock(self) -> Path:
+        return self.path / RESUME_LOCK
 
     @property
     def failure(self) -> Path:

@@ -11,6 +11,8 @@ import copy
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -206,6 +208,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg, searched=_search_space())
     out_dir = Path(cfg.paths.output_dir)
     resume = _resume_point(cfg, out_dir)
+    with _resuming(out_dir, resume is not None and is_rank_zero()):
+        return _train(cfg, out_dir, resume)
+
+
+@contextmanager
+def _resuming(out_dir: Path, resuming: bool) -> Iterator[None]:
+    """A resume holds its run folder's lock: a second resume of the same run at once is refused
+    (both would train and log the same epochs)."""
+    if not resuming:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(RunFolder(out_dir).resume_lock))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError("another process is resuming this run now", out_dir) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(cfg: DictConfig, out_dir: Path, resume: Path | None) -> dict[str, Any]:
     if is_rank_zero():
         log.info("run folder: %s", out_dir.resolve())
         if cfg.print_config:
