@@ -40,9 +40,41 @@ class _Payload:
         return (os.mkdir, (str(self.marker),))
 
 
+def _composed(root: pathlib.Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from amr.training.run import CONF_DIR
+
+    common = ["debug=fast", "logger=none", f"paths.root={root}", f"paths.output_dir={root / 'run'}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[*common, *overrides])
+
+
+def _run_with(path: pathlib.Path, *overrides: str) -> None:
+    """amr-train (composed as Hydra composes it) in a folder beside ``path``."""
+    from amr.training.run import train
+
+    train(_composed(path.parent, *overrides))
+
+
+def _pretrain_partial(path: pathlib.Path) -> None:
+    """A poisoned ``<key>.partial`` of the pre-training cache, which a later job would resume."""
+    from amr.training.pretrain_cache import pretrain_key
+    from amr.training.run import train
+
+    cfg = _composed(path.parent, "experiment=system1")
+    partial = pathlib.Path(cfg.paths.pretrain_cache) / f"{pretrain_key(cfg)}.partial" / "checkpoints"
+    partial.mkdir(parents=True)
+    os.replace(path, partial / "last.ckpt")
+    train(cfg)
+
+
 @pytest.mark.parametrize(
     "load",
     [
+        lambda p: _run_with(p, "experiment=castella_only", f"ckpt_path={p}"),  # amr-train ckpt_path= (resume)
+        lambda p: _run_with(p, "experiment=castella_only", "fit=false", f"ckpt_path={p}"),  # amr-train fit=false
+        _pretrain_partial,  # a pre-training stage resumed from the cache
         checkpoints.load_model,  # amr predict, amr submit, Predictor
         lambda p: checkpoints.load_weights(torch.nn.Linear(1, 1), p),  # init_from
         checkpoints.load_official,  # amr convert-official
@@ -54,7 +86,7 @@ def test_a_checkpoint_carrying_code_is_refused_not_run(tmp_path, load) -> None:
     marker = tmp_path / "executed"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}, "model": _Payload(marker)}, path)
-    with pytest.raises(InputError, match=r"evil\.ckpt: refused to load: it names (posix|os|nt)\.mkdir"):
+    with pytest.raises(InputError, match=r"(evil|last)\.ckpt: refused to load: it names (posix|os|nt)\.mkdir"):
         load(path)
     assert not marker.exists()
 

@@ -21,6 +21,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from amr.checkpoints import read
 from amr.io import write_json
 from amr.results.run_folder import RunFolder
 from amr.runtime import is_rank_zero
@@ -115,6 +116,8 @@ def fetch_or_train(
             return _cached(final, key)
         work = cache / f"{key}.partial"
         resume = RunFolder(work).last_ckpt
+        if resume.is_file():
+            read(resume)  # a file that is not plain weights (or would run code) is one line, not resumed
         best, val, run_id = train_stage(work, resume if resume.is_file() else None)
         if not is_rank_zero():
             return CachedStage(best, key, run_id)
