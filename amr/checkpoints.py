@@ -211,13 +211,13 @@ def export(src: str | Path, out: str | Path) -> Path:
     return write_weights(out, ckpt.state, ckpt.hyper_parameters)
 
 
-def adopt(last: str | Path, folder: str | Path) -> Path:
+def adopt(last: str | Path, folder: str | Path, ckpt: dict[str, Any] | None = None) -> Path:
     """Resume another folder's run in ``folder``: its ``last.ckpt`` (with the checkpoint callbacks'
     paths moved to ``folder``) and the best checkpoint it names, copied into ``folder``, so that the
     resumed run selects its best epoch as the uninterrupted run would and the source folder is
-    only read. Returns the copied ``last.ckpt``."""
+    only read. ``ckpt``: its contents when already read. Returns the copied ``last.ckpt``."""
     last, folder = Path(last), Path(folder)
-    ckpt = read(last)
+    ckpt = read(last) if ckpt is None else ckpt
     src, dst = str(last.parent), str(folder)
     moved: dict[str, Path] = {}
 

@@ -119,3 +119,9 @@ def file_name(value: str, what: str, path: str | Path | None = None, line: int |
     if not value or value in (".", "..") or any(c in value for c in "/\\\0"):
         raise InputError(f"{what} {value!r} cannot name a file (a path separator, '..', or NUL)", path, line)
     return value
+
+
+def at_least_one(value: int, name: str) -> None:
+    """A count option (``top_k``, ``--batch-size``, ``--workers``, ...) of 0 or less is one line naming it."""
+    if value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}", name)

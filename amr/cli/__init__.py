@@ -13,7 +13,7 @@ from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
 from amr.errors import InputError, os_error_line
-from amr.io import check_output, file_name
+from amr.io import at_least_one, check_output, file_name
 
 if TYPE_CHECKING:
     from amr.clap.extract import ExtractReport
@@ -125,7 +125,6 @@ def _finish(report: ExtractReport, what: str) -> None:
 
 def _extract_audio(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_audio_dir
-    from amr.inference.predictor import at_least_one
 
     at_least_one(args.batch_size, "--batch-size")
     max_s = args.max_seconds if args.max_seconds > 0 else None
@@ -138,7 +137,6 @@ def _extract_audio(args: argparse.Namespace) -> None:
 
 def _extract_text(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_text
-    from amr.inference.predictor import at_least_one
 
     at_least_one(args.batch_size, "--batch-size")
     check_output(args.out, [*args.annotations, args.paraphrases, args.clap_weights], resumes=True)
@@ -150,7 +148,7 @@ def _predict(args: argparse.Namespace) -> None:
     import json
 
     from amr.inference.decoders import parse_decode
-    from amr.inference.predictor import Predictor, at_least_one, check_query, read_recording
+    from amr.inference.predictor import Predictor, check_query, read_recording
 
     queries = list(args.query)
     at_least_one(args.top_k, "--top-k")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from amr.cli.common import clap_options, encoder_factory
 from amr.errors import InputError
-from amr.io import check_output
+from amr.io import at_least_one, check_output
 
 if TYPE_CHECKING:
     from amr.resynth.design import Design
@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 def _output(args: argparse.Namespace, split: str, design: Design) -> Output:
     from amr.resynth.run import Output
 
-    if args.workers < 1:
-        raise InputError(f"--workers must be at least 1, got {args.workers}", "--workers")
+    at_least_one(args.workers, "--workers")
     if not args.features:
         given = [f for f, v in (("--keep-audio", args.keep_audio), ("--clap-weights", args.clap_weights),
                                 ("--device", args.device)) if v]  # fmt: skip
@@ -52,10 +51,9 @@ def _splits(args: argparse.Namespace, design: Design) -> list[str]:
 
 def _check_out(args: argparse.Namespace) -> None:
     """The dataset root written (a killed run resumes there) lies apart from every input."""
-    if getattr(args, "limit", None) is not None and args.limit < 1:
-        raise InputError(f"--limit must be at least 1, got {args.limit}", "--limit")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}", "--batch-size")
+    if getattr(args, "limit", None) is not None:
+        at_least_one(args.limit, "--limit")
+    at_least_one(args.batch_size, "--batch-size")
     inputs = [args.clotho, args.walking_tours, getattr(args, "recipe", None), getattr(args, "config", None)]
     check_output(args.out, [*inputs, args.clap_weights], resumes=True)
 

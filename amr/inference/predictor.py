@@ -34,6 +34,7 @@ from amr.errors import InputError
 from amr.inference.batch import Candidates, network_outputs, predict_batch
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
+from amr.io import at_least_one
 from amr.metrics.iou import pair_iou
 from amr.runtime import progress
 
@@ -82,12 +83,6 @@ def window_starts(n: int, size: int) -> list[int]:
     hop = max(1, size // 2)
     starts = list(range(0, n - size, hop))
     return [*starts, n - size]
-
-
-def at_least_one(value: int, name: str) -> None:
-    """A count option (``top_k``, ``max_frames``) of 0 or less is one line naming it."""
-    if value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}", name)
 
 
 def check_query(query: str, where: str = "<query>") -> None:

@@ -165,7 +165,8 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
             raise InputError("checkpoint to resume from not found", resume)
         if is_rank_zero():
             refuse_taken(out_dir, resume)
-        if "optimizer_states" not in read_checkpoint(resume):
+        state = read_checkpoint(resume)
+        if "optimizer_states" not in state:
             raise InputError(
                 "a weights-only checkpoint cannot resume training: start from its weights with "
                 f"init_from={resume}, or evaluate it with fit=false ckpt_path={resume}",
@@ -176,7 +177,7 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
             if cfg.stacked_runs > 1:
                 raise InputError("a stacked run resumes in its own folder: hydra.run.dir=<it> ckpt_path=last", resume)
             log.info("resuming the run of %s in %s (that folder is only read)", resume, out_dir)
-            resume = adopt(resume, own.checkpoints)
+            resume = adopt(resume, own.checkpoints, state)
         return resume
     if not cfg.fit and not Path(cfg.ckpt_path).is_file():
         raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
