@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import pickle
+import pickletools
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
-from amr.errors import InputError
+from amr.errors import InputError, os_error_behind
 from amr.io import atomic_open
 from amr.model import QDDETR, QDDETRConfig
 
@@ -45,14 +47,47 @@ def read(path: str | Path) -> Any:
         head = f.read(4)
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # a zip (torch.save) or a pickle
         raise InputError("not a checkpoint: not a file torch.save writes", path)
+    if not head.startswith(b"PK") and not _legacy_torch(path):
+        raise InputError(f"not a checkpoint: a plain pickle that {_pickle_names(path)}; amr never unpickles one", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols says nothing about the file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
         what = f"it names {found.group(1)}" if found else "it holds objects that are not weights"
         raise InputError(f"refused to load: {what}, and unpickling it could run code", path) from None
     except Exception as e:  # truncated, not a torch file, ...
         raise InputError(f"unreadable checkpoint ({type(e).__name__})", path) from None
+
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _legacy_torch(path: Path) -> bool:
+    """Whether a pickle file opens as torch.save's legacy (pre-zip) format: its magic number first."""
+    with path.open("rb") as f:
+        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
+
+
+def _pickle_names(path: Path) -> str:
+    """What a pickle would import when unpickled, read from its opcodes without running any."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with path.open("rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+    except Exception:
+        return "cannot be read to its end"
+    if not names:
+        return "holds plain data only"
+    return "names " + ", ".join(dict.fromkeys(names))
 
 
 def state_dict(obj: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
@@ -199,8 +234,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     folder, fsync, rename): a full disk or a kill mid-write leaves the previous checkpoint intact."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_open(path, "wb") as f:
+                torch.save(checkpoint, f)
+        except Exception as e:
+            if (cause := os_error_behind(e)) is None:
+                raise
+            kept = "the previous one is kept; resume with ckpt_path=last" if Path(path).is_file() else "nothing kept"
+            message = f"{cause.strerror or type(cause).__name__} while saving this checkpoint ({kept})"
+            raise OSError(cause.errno, message, str(path)) from e
 
 
 def export(src: str | Path, out: str | Path) -> Path:

@@ -24,3 +24,18 @@ def os_error_line(e: OSError) -> str:
     """An operating-system error (read-only folder, full disk, ...) as one line naming the file."""
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror or type(e).__name__}"
+
+
+def os_error_behind(e: BaseException | None) -> OSError | None:
+    """The operating-system error an exception is, or that a RuntimeError was raised while handling:
+    torch's zip writer turns a full disk during ``torch.save`` into a RuntimeError whose context is
+    the OSError. Other errors raised while handling one are bugs of their own, and not unwrapped."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        if not isinstance(e, RuntimeError):
+            return None
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

@@ -121,7 +121,8 @@ def file_name(value: str, what: str, path: str | Path | None = None, line: int |
     return value
 
 
-def at_least_one(value: int, name: str) -> None:
-    """A count option (``top_k``, ``--batch-size``, ``--workers``, ...) of 0 or less is one line naming it."""
-    if value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}", name)
+def at_least_one(value: int, name: str, least: int = 1, why: str = "") -> None:
+    """A count option (``top_k``, ``--batch-size``, ``--workers``, ...) below ``least`` (1 unless
+    said) is one line naming it, and why when the bound is not 1."""
+    if value < least:
+        raise InputError(f"must be at least {least}, got {value}{why}", name)

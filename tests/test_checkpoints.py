@@ -174,3 +174,30 @@ def test_a_checkpoint_written_before_the_reorganisation_loads_and_predicts_as_it
     for audio, key in ((frames, "short"), (long, "long_moments")):
         got = torch.tensor([[m.start, m.end, m.score] for m in p.predict(audio, txt, top_k=10)], dtype=torch.float64)
         torch.testing.assert_close(got, expected[key], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_a_plain_pickle_is_named_for_what_it_is_in_one_line(tmp_path, payload) -> None:
+    """A pickle that torch.save did not write (no zip, no legacy magic number) is never unpickled;
+    the line says what it would import, and nothing (no torch warning) comes before it."""
+    import pickle
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0], "x": _Payload(marker) if payload else None}, protocol=4))
+    feats = tmp_path / "f.npz"
+    np.savez(feats, features=np.ones((4, 768), dtype=np.float32))
+    cmd = [sys.executable, "-m", "amr.cli", "predict", "--ckpt", str(path), "--audio", str(feats), "--query", "x"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and not marker.exists()
+    what = "names posix.mkdir" if payload and os.name == "posix" else "holds plain data only"
+    assert proc.stderr.splitlines() == [
+        f"error: {path}: not a checkpoint: a plain pickle that {what}; amr never unpickles one"
+    ]
+    legacy = tmp_path / "legacy.pt"  # torch.save's pre-zip format still reads
+    torch.save({"w": torch.ones(1)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(checkpoints.read(legacy)["w"], torch.ones(1))

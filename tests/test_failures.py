@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -125,29 +124,60 @@ def test_a_checkpoint_for_other_features_and_zero_frames_are_refused(tmp_path, c
     assert line == (
         f"error: {ckpt}: the model expects 512-d audio and 512-d text features; MS-CLAP 2023 features are 768-d"
     )
-    line = _one_error(capsys, [*argv, "--max-frames", "0"])
-    assert line == "error: --max-frames: --max-frames must be at least 1, got 0"
+    for frames in ("0", "1"):  # one frame per window: every moment would be the same second
+        line = _one_error(capsys, [*argv, "--max-frames", frames])
+        assert line.startswith(f"error: --max-frames: must be at least 2, got {frames} (a window of one frame")
 
 
-def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(tmp_path, monkeypatch) -> None:
+FULL_DISK = """
+import errno, io, sys, torch
+real_save = torch.save
+
+class Full(io.RawIOBase):  # a file that takes 1000 bytes, then the disk is full
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.n += len(b)
+        if self.n > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(b)
+
+def full_disk(obj, f, *args, **kwargs):
+    if isinstance(f, io.BufferedWriter):  # a checkpoint file (an in-memory buffer still works)
+        f = io.BufferedWriter(Full(f), buffer_size=256)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = full_disk
+from amr.training.run import main
+sys.argv = ["amr-train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_full_disk_during_a_checkpoint_leaves_the_last_one_and_the_run_resumes(tmp_path) -> None:
     common = ["experiment=castella_only", "logger=csv"]
     train(_cfg(tmp_path, "run", *common, "train.max_epochs=1"))
     (tmp_path / "run" / "run.json").unlink()  # as a run stopped after its first epoch leaves it
     ckpts = tmp_path / "run" / "checkpoints"
     before = {p.name: _sha(p) for p in ckpts.iterdir()}
-    real_save = torch.save
-
-    def full_disk(obj, f, *args, **kwargs):
-        """The disk fills while a checkpoint file is being written (an in-memory buffer still works)."""
-        if isinstance(f, io.BufferedWriter):
-            f.write(b"half a checkpoint")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
-        train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
-    monkeypatch.setattr(torch, "save", real_save)
+    # the disk fills while torch writes a checkpoint: torch raises a RuntimeError over the OSError
+    args = ["debug=fast", f"paths.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", *common]
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *args, "train.max_epochs=2", "ckpt_path=last"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {ckpts}/last.ckpt: No space left on device while saving this checkpoint "
+        "(the previous one is kept; resume with ckpt_path=last)"
+    )
+    assert "Traceback" not in proc.stderr
     assert {p.name: _sha(p) for p in ckpts.iterdir()} == before  # intact, no temporary file left
     train(_cfg(tmp_path, "run", *common, "train.max_epochs=2", "ckpt_path=last"))
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
@@ -384,15 +414,15 @@ def _fake_run(folder: Path, annotations: str) -> Path:
         ),
         (
             ["resynth", "official", "--clotho", "{t}", "--walking-tours", "{t}", "--out", "{t}/r", "--limit", "-5"],
-            "--limit must be at least 1",
+            "--limit: must be at least 1",
         ),
         (
             ["extract-audio", "--audio-dir", "{t}", "--out", "{t}/f", "--batch-size", "0"],
-            "--batch-size must be at least 1, got 0",
+            "--batch-size: must be at least 1, got 0",
         ),
         (
             ["extract-text", "--annotations", "{t}/x.jsonl", "--out", "{t}/f", "--batch-size", "0"],
-            "--batch-size must be at least 1",
+            "--batch-size: must be at least 1",
         ),
         (
             ["decode", "{t}/a", "--out", "{t}/d", "--decode", "segmental", "--set", "threshold_k=inf"],

@@ -213,6 +213,11 @@ def test_bad_inputs_are_one_line_before_any_work(raw, tmp_path) -> None:
         "clotho_moment_test_release.jsonl",
         "clotho_moment_train_release.jsonl",
     ]
+    (tours / "c_walk.wav").write_text("not audio")  # listed last: its split is written after the others
+    proc = _resynth(clotho, tours, tmp_path / "o2", "--limit", "2")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "c_walk.wav: not audio soundfile can read (Format not recognised" in proc.stderr
+    assert not (tmp_path / "o2").exists()
 
 
 @needs_msclap

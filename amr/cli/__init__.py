@@ -12,7 +12,7 @@ from amr.cli.common import add_decode_options, calibrator_option, clap_options, 
 from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
-from amr.errors import InputError, os_error_line
+from amr.errors import InputError, os_error_behind, os_error_line
 from amr.io import at_least_one, check_output, file_name
 
 if TYPE_CHECKING:
@@ -148,11 +148,11 @@ def _predict(args: argparse.Namespace) -> None:
     import json
 
     from amr.inference.decoders import parse_decode
-    from amr.inference.predictor import Predictor, check_query, read_recording
+    from amr.inference.predictor import MIN_WINDOW, WINDOW_WHY, Predictor, check_query, read_recording
 
     queries = list(args.query)
     at_least_one(args.top_k, "--top-k")
-    at_least_one(args.max_frames, "--max-frames")
+    at_least_one(args.max_frames, "--max-frames", MIN_WINDOW, WINDOW_WHY)
     for q in queries:
         check_query(q, "--query")
     decode = parse_decode(args.decode, args.set)
@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as e:  # read-only or full output folder, ...
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
+    except Exception as e:  # read-only or full output folder, ... (perhaps wrapped by torch)
+        if (cause := os_error_behind(e)) is None:
+            raise
+        print(f"error: {os_error_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None

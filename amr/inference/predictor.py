@@ -75,6 +75,10 @@ def read_recording(path: str | Path, centered: bool = False) -> np.ndarray | Aud
     return AudioWindows(path, audio_windows(path, None, centered))
 
 
+MIN_WINDOW = 2
+WINDOW_WHY = " (a window of one frame leaves every moment on the 1 s grid the same second)"
+
+
 def window_starts(n: int, size: int) -> list[int]:
     """Starts of windows of ``size`` frames covering ``n`` frames, overlapping by half; the last
     window ends at ``n``."""
@@ -186,7 +190,7 @@ class Predictor:
     ) -> None:
         from amr.clap.model import pick_device
 
-        at_least_one(max_frames, "max_frames")
+        at_least_one(max_frames, "max_frames", MIN_WINDOW, WINDOW_WHY)
         self.device = pick_device(device)
         checkpoint = Checkpoint.read(ckpt)
         self.model = checkpoint.model(FEAT_DIM).to(self.device)

@@ -117,7 +117,23 @@ def list_videos(folder: Path, problem: Callable[[str], None]) -> list[Path]:
         by_stem[p.stem] = p
     if not by_stem:
         raise InputError(f"no {'/'.join(AUDIO_SUFFIXES + VIDEO_SUFFIXES)} recordings", folder)
+    for p in by_stem.values():
+        _audio_header(p)
     return [by_stem[k] for k in sorted(by_stem)]
+
+
+def _audio_header(path: Path) -> None:
+    """An audio file whose header soundfile cannot read is one line before any split is written
+    (the split of every recording depends on the whole listing, so it cannot be skipped)."""
+    if path.suffix.lower() not in AUDIO_SUFFIXES:
+        return
+    import soundfile as sf
+
+    try:
+        sf.info(str(path))
+    except (RuntimeError, OSError) as e:
+        reason = getattr(e, "error_string", None) or str(e) or type(e).__name__
+        raise InputError(f"not audio soundfile can read ({reason}); convert or remove it", path) from None
 
 
 def readable(path: Path, cache: Path, problem: Callable[[str], None]) -> Path | None:

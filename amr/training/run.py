@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from amr.checkpoints import Checkpoint, adopt
 from amr.checkpoints import read as read_checkpoint
 from amr.data.features import FEAT_DIM
-from amr.errors import InputError, os_error_line
+from amr.errors import InputError, os_error_behind, os_error_line
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import SHORT_NAMES
@@ -255,12 +255,13 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
     except Exception as e:
-        expected = isinstance(e, (InputError, ValueError, OSError))  # bad input or config: one line
+        cause = os_error_behind(e)  # a full disk or read-only folder, perhaps wrapped by torch
+        expected = isinstance(e, (InputError, ValueError)) or cause is not None  # bad input or config: one line
         sweep = in_sweep()
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (expected or sweep):
             raise
-        if isinstance(e, OSError):
-            line = os_error_line(e)
+        if cause is not None:
+            line = os_error_line(cause)
         else:
             line = str(e) if expected else f"{type(e).__name__}: {e}".splitlines()[0]
         if not sweep:
