@@ -30,6 +30,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from amr.data.features import Encoder
 from amr.errors import InputError, os_error_behind
 from amr.io import atomic_open
 from amr.model import QDDETR, QDDETRConfig
@@ -154,27 +155,44 @@ class Checkpoint:
         ckpt = read_amr(path)
         return cls(Path(path), ckpt[STATE], ckpt[HPARAMS])
 
-    def model(self, feature_dim: int | None = None) -> QDDETR:
-        """The network built from the stored config, in eval mode; ``feature_dim``: the width of the
-        features it will be given (refused before any data is read when it expects another)."""
+    def model(self, encoder: Encoder | None = None) -> QDDETR:
+        """The network built from the stored config, in eval mode; ``encoder``: whose features it
+        will be given (refused before any data is read when it was trained on other features)."""
         try:
             cfg = QDDETRConfig(**self.hyper_parameters["model"])
         except (TypeError, ValueError, KeyError) as e:
             raise InputError(f"checkpoint holds an unknown model config ({e})", self.path) from None
-        if feature_dim is not None and (cfg.aud_dim, cfg.txt_dim) != (feature_dim, feature_dim):
-            raise InputError(
-                f"the model expects {cfg.aud_dim}-d audio and {cfg.txt_dim}-d text features; "
-                f"MS-CLAP 2023 features are {feature_dim}-d",
-                self.path,
-            )
+        if encoder is not None:
+            self.check_encoder(cfg, encoder)
         model = QDDETR(cfg)
         state = {k.removeprefix("model."): v for k, v in self.state.items() if not k.startswith("criterion.")}
         load_strict(model, state, self.path, "the checkpoint's model config")
         return model.eval()
 
+    def check_encoder(self, cfg: QDDETRConfig, encoder: Encoder) -> None:
+        """One line when the network's widths or the encoder it was trained on differ from ``encoder``."""
+        if (cfg.aud_dim, cfg.txt_dim) != (encoder.audio_dim, encoder.text_dim):
+            raise InputError(
+                f"the model expects {cfg.aud_dim}-d audio and {cfg.txt_dim}-d text features; "
+                f"{encoder.name} features are {encoder.audio_dim}-d audio and {encoder.text_dim}-d text",
+                self.path,
+            )
+        if self.encoder.name != encoder.name:
+            raise InputError(
+                f"trained on {self.encoder.name} features, given {encoder.name} features "
+                f"(features={self.encoder.name} reads the ones it was trained on)",
+                self.path,
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder whose features it was trained on (MS-CLAP 2023 for checkpoints that predate
+        the record: amr read no other features then)."""
+        return Encoder.of((self.features or {}).get("encoder"))
+
     @property
     def features(self) -> dict[str, Any] | None:
-        """The feature set it was trained on (``name``, ``feat_dir``; None: older checkpoints)."""
+        """The feature set it was trained on (``name``, ``feat_dir``, ``encoder``; None: older checkpoints)."""
         features = self.hyper_parameters.get("features")
         return dict(features) if features else None
 
@@ -185,9 +203,9 @@ class Checkpoint:
         return dict(decode) if decode else None
 
 
-def load_model(path: str | Path, feature_dim: int | None = None) -> QDDETR:
+def load_model(path: str | Path, encoder: Encoder | None = None) -> QDDETR:
     """The network of an amr checkpoint (:meth:`Checkpoint.model`)."""
-    return Checkpoint.read(path).model(feature_dim)
+    return Checkpoint.read(path).model(encoder)
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

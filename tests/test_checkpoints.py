@@ -151,7 +151,10 @@ def test_a_checkpoint_written_before_the_reorganisation_loads_and_predicts_as_it
     hp = ckpt.hyper_parameters
     module = MomentRetrievalModule(model=hp["model"], loss=hp["loss"], optim=hp["optim"], decode=hp["decode"])
     checkpoints.load_weights(module, FIXTURE / "best.ckpt")  # as init_from and fit=false read it
-    model = ckpt.model(768)
+    from amr.data.features import Encoder
+
+    assert ckpt.encoder == Encoder()  # it predates the encoder record: MS-CLAP 2023, the only features then
+    model = ckpt.model(Encoder())
     loaded, built = module.model.state_dict(), model.state_dict()
     assert loaded.keys() == built.keys() and all(torch.equal(loaded[k], built[k]) for k in built)
     torch.manual_seed(0)

@@ -297,6 +297,12 @@ ELSEWHERE: dict[str, str] = {
     "experiment_name": "test_train.py::test_seed_systems_differ_only_in_augmentation",
     "seed": "test_train.py::test_seed_systems_differ_only_in_augmentation",
     "data.name": "test_annotations.py::test_official_annotation_files_load",
+    "features.name": "test_encoders.py::test_a_wrong_width_file_and_other_features_are_one_line",
+    "features.audio": "test_encoders.py::test_synth_writes_a_second_feature_set_of_other_widths",
+    "features.text": "test_encoders.py::test_synth_writes_a_second_feature_set_of_other_widths",
+    "features.*_dim": "test_encoders.py::test_features_custom_trains_on_a_synthetic_set_of_its_widths",
+    "features=custom": "test_encoders.py::test_features_custom_trains_on_a_synthetic_set_of_its_widths",
+    "features=msclap2023": "test_encoders.py::test_a_sweep_over_encoders_is_two_systems_in_the_report",
     "data.feat_dir": "test_data_store.py::test_dropped_version_is_served_by_the_original_caption",
     "data.root": "test_failures.py::test_a_mistyped_data_root_is_an_error_not_a_new_synthetic_set",
     "data.splits.*": "test_annotations.py::test_official_annotation_files_load",
@@ -356,6 +362,7 @@ ELSEWHERE: dict[str, str] = {
     "amr synth --[ps]*": "test_effects.py::test_synthetic_settings_change_the_generated_set",
     "amr synth --out": "test_effects.py::test_synthetic_settings_change_the_generated_set",
     "amr synth --overwrite": "test_outputs.py::test_synth_replaces_a_dataset_only_with_overwrite",
+    "amr synth --*-dim": "test_encoders.py::test_synth_writes_a_second_feature_set_of_other_widths",
     "amr backtranslate --pivots": "test_backtranslate.py::test_killed_run_resumes_without_loss_or_duplicates",
     "amr backtranslate --model-template": "test_backtranslate.py::test_killed_run_resumes_without_loss_or_duplicates",
     "amr backtranslate --backend": "test_backtranslate.py::test_backends_agree_on_most_outputs",
@@ -412,6 +419,7 @@ ELSEWHERE: dict[str, str] = {
     "amr predict --audio": "test_predict.py::test_predict_cli_and_python_api_agree",
     "amr predict --query": "test_predict.py::test_predict_cli_and_python_api_agree",
     "amr predict --top-k": "test_predict.py::test_predict_cli_and_python_api_agree",
+    "amr predict --query-features": "test_encoders.py::test_a_custom_checkpoint_predicts_submits_and_reports",
     "amr predict --centered": "test_effects.py::test_predict_centered_pads_the_recording",
     "amr predict --decode": "test_predict.py::test_predict_cli_and_python_api_agree",
     "amr predict --set": "test_predict.py::test_a_zero_length_window_is_never_a_moment",
@@ -773,6 +781,6 @@ def test_hydra_and_paths_groups_place_the_run() -> None:
 
 def test_model_group_is_the_official_network() -> None:
     """``model=qd_detr`` composes the official network's settings (the schema defaults, which the
-    parity tests check against the official model)."""
+    parity tests check against the official model), its widths those of the default features."""
     cfg = _compose(CONF_DIR, "model=qd_detr")
-    assert QDDETRConfig(**OmegaConf.to_container(cfg.model)) == QDDETRConfig()  # type: ignore[arg-type]
+    assert QDDETRConfig(**OmegaConf.to_container(cfg.model, resolve=True)) == QDDETRConfig()  # type: ignore[arg-type]

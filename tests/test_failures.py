@@ -122,7 +122,8 @@ def test_a_checkpoint_for_other_features_and_zero_frames_are_refused(tmp_path, c
     argv = ["predict", "--ckpt", str(ckpt), "--audio", str(feats), "--query", "x"]
     line = _one_error(capsys, argv)
     assert line == (
-        f"error: {ckpt}: the model expects 512-d audio and 512-d text features; MS-CLAP 2023 features are 768-d"
+        f"error: {ckpt}: the model expects 512-d audio and 512-d text features; "
+        "msclap2023 features are 768-d audio and 768-d text"
     )
     for frames in ("0", "1"):  # one frame per window: every moment would be the same second
         line = _one_error(capsys, [*argv, "--max-frames", frames])

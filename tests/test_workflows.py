@@ -206,7 +206,7 @@ def test_single_stage_run_is_augmented_in_its_stage(tmp_path, monkeypatch) -> No
         (["loss.cls=dice"], r"loss\.cls must be one of \['ce', 'focal', 'varifocal'\]"),
         (["+optim.lrr=0.1", "+train.max_epoch=50"], r"train\.max_epoch, optim\.lrr: not a setting of the training"),
         (["+foo=1"], r"^foo: not a setting of the training config"),
-        (["model.aud_dim=512"], r"model\.aud_dim must be 768, the width of MS-CLAP 2023 features, got 512"),
+        (["model.aud_dim=512"], r"model\.aud_dim must be 768, the features\.audio_dim of msclap2023 features, got 512"),
         (["decode=segmental", "decode.threshold_k=nan"], r"decode\.threshold_k must be a finite number, got nan"),
         (["decode=segmental", "decode.min_len=9", "decode.max_len=3"], r"decode\.min_len 9 exceeds decode\.max_len 3"),
         (["+callbacks.x._target_=os.system"], r"callbacks\.x\._target_: os\.system is not an importable Lightning"),
@@ -321,7 +321,11 @@ def test_evaluating_a_checkpoint_uses_its_calibrator_and_names_its_features(tmp_
     caplog.set_level(logging.INFO, logger="amr.train")
     train(_cfg(tmp_path, "run", "experiment=castella_only"))
     best = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    assert Checkpoint.read(best).features == {"name": "castella", "feat_dir": "castella"}
+    assert Checkpoint.read(best).features == {
+        "name": "castella",
+        "feat_dir": "castella",
+        "encoder": {"name": "msclap2023", "audio": "clap", "text": "clap_text", "audio_dim": 768, "text_dim": 768},
+    }
     x = np.random.default_rng(0).normal(size=(400, len(FEATURES)))
     fit(x, x[:, 3] - x[:, 0] > 0.5, "logistic", DecodeConfig()).save(beside(best))
     fit(x, x[:, 0] > 0.5, "isotonic", DecodeConfig()).save(tmp_path / "other.json")

@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amr.cli.common import add_decode_options, calibrator_option, clap_options, encoder_factory
 from amr.cli.rescoring import rescore_commands
@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 def _synth(args: argparse.Namespace) -> None:
     from amr.data.annotations import load_annotations, split_stats
     from amr.data.features import Layout
-    from amr.data.synth import PRESETS, generate
+    from amr.data.synth import PRESETS, custom_encoder, derive_features, generate
 
     if not (args.scale > 0 and math.isfinite(args.scale)):
         raise InputError(f"--scale must be a positive number, got {args.scale}", "--scale")
+    widths = [args.audio_dim, args.text_dim]
+    if (None in widths) != (widths == [None, None]):
+        raise InputError("give both --audio-dim and --text-dim (a second feature set's widths), or neither", args.out)
+    for flag, width in zip(("--audio-dim", "--text-dim"), widths, strict=True):
+        if width is not None:
+            at_least_one(width, flag)
     there = Layout(args.out, PRESETS[args.preset].name, PRESETS[args.preset].feat_dir)
     taken = [
         p for p in (*(there.annotations(s) for s in ("train", "val", "test")), there.features.folder) if p.exists()
@@ -33,6 +39,11 @@ def _synth(args: argparse.Namespace) -> None:
     if taken and not args.overwrite:
         raise InputError(f"holds a {there.name} dataset ({taken[0].name}); pass --overwrite to replace it", args.out)
     layout = generate(args.out, preset=args.preset, seed=args.seed, scale=args.scale)
+    if args.audio_dim is not None:
+        custom = custom_encoder(args.audio_dim, args.text_dim)
+        derive_features(Layout(layout.root, layout.name, layout.feat_dir, custom), args.seed)
+        said = f"{custom.audio_dim}-d audio, {custom.text_dim}-d text"
+        print(f"{custom.name} features ({said}) in {custom.audio}/, {custom.text}/")
     for split in ("train", "val", "test"):
         s = split_stats(load_annotations(layout.annotations(split)))
         print(
@@ -147,16 +158,26 @@ def _extract_text(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     import json
 
+    from amr.checkpoints import Checkpoint
+    from amr.data.features import TEXT_KEY, load_npz_array
     from amr.inference.decoders import parse_decode
     from amr.inference.predictor import MIN_WINDOW, WINDOW_WHY, Predictor, check_query, read_recording
 
-    queries = list(args.query)
     at_least_one(args.top_k, "--top-k")
     at_least_one(args.max_frames, "--max-frames", MIN_WINDOW, WINDOW_WHY)
-    for q in queries:
+    for q in args.query or []:
         check_query(q, "--query")
     decode = parse_decode(args.decode, args.set)
-    recording = read_recording(args.audio, args.centered)  # bad audio fails before any model loads
+    encoder = Checkpoint.read(args.ckpt).encoder  # the features it reads: its own encoder's
+    if args.query and not encoder.extracted:
+        raise InputError(
+            f"the checkpoint reads {encoder.name} features, which amr does not compute from text: "
+            f"give each query's token features ({encoder.text_dim}-d) with --query-features",
+            "--query",
+        )
+    queries: list[tuple[str, Any]] = [(q, q) for q in args.query or []]
+    queries += [(str(f), load_npz_array(f, TEXT_KEY, encoder.text_dim)) for f in args.query_features or []]
+    recording = read_recording(args.audio, args.centered, encoder)  # bad audio fails before any model loads
     predictor = Predictor(
         args.ckpt,
         args.clap_weights,
@@ -167,8 +188,9 @@ def _predict(args: argparse.Namespace) -> None:
         calibrator=calibrator_option(args),
     )
     print(predictor.decoding, file=sys.stderr)  # which decoder and calibrator formed the moments
+    print(f"features: {encoder.name} (the checkpoint's)", file=sys.stderr)
     frames = predictor.audio_features(recording)
-    results = [(q, predictor.predict(frames, q, args.top_k)) for q in queries]
+    results = [(q, predictor.predict(frames, value, args.top_k)) for q, value in queries]
     if args.json:
         doc = [{"audio": str(args.audio), "query": q, "moments": [m.to_json() for m in ms]} for q, ms in results]
         print(json.dumps(doc[0] if len(doc) == 1 else doc, indent=2))
@@ -188,6 +210,8 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scale", type=float, default=1.0, help="multiplies the number of recordings")
     s.add_argument("--overwrite", action="store_true", help="replace a dataset of this preset already at --out")
+    for flag in ("--audio-dim", "--text-dim"):
+        s.add_argument(flag, type=int, help="also write a feature set of these widths, as features=custom reads it")
     s.set_defaults(fn=_synth)
 
     b = sub.add_parser("backtranslate", help="paraphrase captions through pivot languages (OPUS-MT)")
@@ -243,7 +267,14 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="moments of a text query in an audio file (or a features .npz)")
     pr.add_argument("--ckpt", required=True, type=Path)
     pr.add_argument("--audio", required=True, type=Path)
-    pr.add_argument("--query", required=True, action="append", help="repeat for several queries")
+    asked = pr.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--query", action="append", help="repeat for several queries")
+    asked.add_argument(
+        "--query-features",
+        action="append",
+        type=Path,
+        help="a query's token features (.npz, key last_hidden_state), for features amr does not extract; repeatable",
+    )
     pr.add_argument("--top-k", type=int, default=5)
     pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pr.add_argument("--centered", action="store_true", help="features as Clotho-Moment's (0.5 s padding)")

@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Sampler
 from amr.augment.time_mask import TimeMaskConfig
 from amr.data.dataset import MomentDataset, SplitData, collate
 from amr.data.device_batches import DeviceArrays, DeviceLoader
-from amr.data.features import Layout
-from amr.data.synth import generate
+from amr.data.features import Encoder, Layout
+from amr.data.synth import derive_features, generate, has_features
 from amr.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,18 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(len(self.dataset), generator=g).tolist())
 
 
-def ensure_dataset(data_cfg: Any) -> Layout:
-    """The dataset's layout; a synthetic dataset is generated first when its own root
-    (``synthetic.root``, which ``root`` follows by default) holds none. Any other root must hold a
+def ensure_dataset(data_cfg: Any, encoder: Encoder | None = None) -> Layout:
+    """The dataset's layout for ``encoder``'s features (default MS-CLAP 2023); a synthetic dataset
+    is generated first when its own root (``synthetic.root``, which ``root`` follows by default)
+    holds none, and gets the encoder's feature set when it lacks it. Any other root must hold a
     dataset: a mistyped ``data.root`` is an error, never a new synthetic set."""
-    layout = Layout(Path(data_cfg.root), data_cfg.name, data_cfg.feat_dir)
+    layout = Layout(Path(data_cfg.root), data_cfg.name, data_cfg.feat_dir, encoder or Encoder())
     synth = data_cfg.get("synthetic")
-    if synth is None or layout.annotations(data_cfg.splits.test).is_file():
+    if synth is None:
+        return layout
+    if layout.annotations(data_cfg.splits.test).is_file():
+        if Path(synth.root).resolve() == layout.root.resolve() and not has_features(layout):
+            derive_features(layout, synth.seed)
         return layout
     if Path(synth.root).resolve() != layout.root.resolve():
         raise InputError(
@@ -62,6 +67,8 @@ def ensure_dataset(data_cfg: Any) -> Layout:
             layout.root,
         )
     generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
+    if not has_features(layout):
+        derive_features(layout, synth.seed)
     return layout
 
 
@@ -78,9 +85,11 @@ class MomentDataModule(pl.LightningDataModule):
         pivots: Sequence[str] = (),
         on_device: bool = False,
         fixed_shapes: bool = False,
+        encoder: Encoder | None = None,
     ) -> None:
         super().__init__()
         self.cfg = data_cfg
+        self.encoder = encoder or Encoder()  # whose features are read (folders, widths)
         # GT length bucket edges for per-length val/test metrics (none: the official ones alone)
         self.length_bucket_edges: list[float] = list(data_cfg.get("length_buckets") or [])
         self.batch_size = batch_size
@@ -106,7 +115,7 @@ class MomentDataModule(pl.LightningDataModule):
         """Validate and open every split (annotations, feature files, packs); idempotent."""
         if self.splits:
             return
-        layout = ensure_dataset(self.cfg)
+        layout = ensure_dataset(self.cfg, self.encoder)
         common = {"max_a_l": self.cfg.max_a_l, "max_windows": self.cfg.max_windows, "clip_len": self.cfg.clip_len}
         for role, split in (
             ("train", self.cfg.splits.train),

@@ -89,6 +89,7 @@ class SplitData:
             normalize=True,
             kind="audio",
             verify=verify,
+            width=layout.encoder.audio_dim,
         )
         keys = list(qids)
         paths = [feats.text_file(qid) for qid in qids]
@@ -96,7 +97,17 @@ class SplitData:
             own = [qid for qid in qids if f"{pivot}/{qid}" not in alias]
             keys += [f"{pivot}/{qid}" for qid in own]
             paths += [feats.text_file(qid, pivot) for qid in own]
-        text = open_or_build(Path(cache_dir), keys, paths, TEXT_KEY, dtype, normalize=False, kind="text", verify=verify)
+        text = open_or_build(
+            Path(cache_dir),
+            keys,
+            paths,
+            TEXT_KEY,
+            dtype,
+            normalize=False,
+            kind="text",
+            verify=verify,
+            width=layout.encoder.text_dim,
+        )
         _warn_long_recordings(queries, audio, feats.audio_dir)
         return cls(queries, audio, text, list(pivots), alias)
 

@@ -1,15 +1,17 @@
 """Official CLAP feature layout on disk, and per-item npz reading.
 
-A dataset root holds::
+A dataset root holds, for MS-CLAP 2023 (the official features)::
 
     data/<name>_{train,val,test}_release.jsonl
     features/<feat_dir>/clap/{vid}.npz               key "features",          (T, 768), 1 frame/s
     features/<feat_dir>/clap_text/qid{qid}.npz       key "last_hidden_state", (L, 768), token level
 
+Another encoder's features (:class:`Encoder`, the ``features`` config group) sit beside them in
+their own folders (``features/<feat_dir>/<audio>/``, ``<text>/``) with their own widths.
 Caption versions (back-translations or synthetic paraphrases) keep the text layout one folder
 down, one folder per pivot language::
 
-    features/<feat_dir>/clap_text_versions/<pivot>/qid{qid}.npz
+    features/<feat_dir>/<text>_versions/<pivot>/qid{qid}.npz     (clap_text_versions for MS-CLAP)
     data/<name>_<split>_paraphrases.jsonl            {"qid", "query", "versions": [{"pivot", "text"}],
                                                       "dropped": [pivots whose text equalled the original]}
 """
@@ -17,8 +19,9 @@ down, one folder per pivot language::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,21 +30,55 @@ from amr.errors import InputError
 AUDIO_KEY = "features"
 TEXT_KEY = "last_hidden_state"
 FEAT_DIM = 768
+EXTRACTED = ("msclap2023",)  # encoders amr runs on audio (amr.clap); others' features are brought
+
+
+@dataclass
+class Encoder:
+    """The features of one audio-text encoder: where they lie under ``features/<feat_dir>/`` and
+    how wide they are (one audio frame per second). The ``features`` config group; the default is
+    MS-CLAP 2023 with the official folder names."""
+
+    name: str = "msclap2023"  # names the feature set in checkpoints, system names and messages
+    audio: str = "clap"  # features/<feat_dir>/<audio>/{vid}.npz, key "features"
+    text: str = "clap_text"  # features/<feat_dir>/<text>/qid{qid}.npz, key "last_hidden_state"
+    audio_dim: int = FEAT_DIM  # width of an audio frame
+    text_dim: int = FEAT_DIM  # width of a text token
+
+    @classmethod
+    def of(cls, cfg: Any) -> Encoder:
+        """From a config node or dict (a checkpoint's record); None: MS-CLAP 2023."""
+        if cfg is None:
+            return cls()
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def extracted(self) -> bool:
+        """Whether amr computes these features from audio (``amr predict`` on a recording)."""
+        return self.name in EXTRACTED and (self.audio_dim, self.text_dim) == (FEAT_DIM, FEAT_DIM)
+
+
+MSCLAP_2023 = Encoder()
 
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """The files of one feature folder (``features/<feat_dir>``); feature extraction writes them,
-    the data layer reads them."""
+    """The files of one feature folder (``features/<feat_dir>``) for one encoder; feature
+    extraction writes them, the data layer reads them."""
 
     folder: Path
+    encoder: Encoder = field(default_factory=Encoder)
 
     @property
     def audio_dir(self) -> Path:
-        return self.folder / "clap"
+        return self.folder / self.encoder.audio
 
     def text_dir(self, pivot: str | None = None) -> Path:
-        return self.folder / "clap_text" if pivot is None else self.folder / "clap_text_versions" / pivot
+        text = self.encoder.text
+        return self.folder / text if pivot is None else self.folder / f"{text}_versions" / pivot
 
     def audio_file(self, vid: str) -> Path:
         return self.audio_dir / f"{vid}.npz"
@@ -57,6 +94,7 @@ class Layout:
     root: Path
     name: str  # annotation prefix, e.g. "castella", "clotho_moment"
     feat_dir: str  # feature folder, e.g. "castella", "clotho-moment"
+    encoder: Encoder = field(default_factory=Encoder)
 
     def annotations(self, split: str) -> Path:
         return self.root / "data" / f"{self.name}_{split}_release.jsonl"
@@ -66,11 +104,11 @@ class Layout:
 
     @property
     def features(self) -> FeatureLayout:
-        return FeatureLayout(self.root / "features" / self.feat_dir)
+        return FeatureLayout(self.root / "features" / self.feat_dir, self.encoder)
 
 
-def load_npz_array(path: Path, key: str) -> np.ndarray:
-    """Read one array from an npz file and check it: 2-d, 768 wide, finite, non-empty."""
+def load_npz_array(path: Path, key: str, width: int = FEAT_DIM) -> np.ndarray:
+    """Read one array from an npz file and check it: 2-d, ``width`` wide, finite, non-empty."""
     try:
         with np.load(path) as z:
             if key not in z:
@@ -82,13 +120,13 @@ def load_npz_array(path: Path, key: str) -> np.ndarray:
         raise InputError("feature file missing", path) from None
     except Exception as e:  # truncated (BadZipFile, EOFError, zlib.error), not an npz, unreadable, ...
         raise InputError(f"unreadable npz ({type(e).__name__}: {e})", path) from None
-    check_features(arr, path)
+    check_features(arr, path, width)
     return arr
 
 
-def check_features(arr: np.ndarray, path: Path | str) -> None:
-    if arr.ndim != 2 or arr.shape[1] != FEAT_DIM:
-        raise InputError(f"wrong feature shape {tuple(arr.shape)}, expected (n, {FEAT_DIM})", path)
+def check_features(arr: np.ndarray, path: Path | str, width: int = FEAT_DIM) -> None:
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise InputError(f"wrong feature shape {tuple(arr.shape)}, expected (n, {width})", path)
     if arr.shape[0] == 0:
         raise InputError("empty feature array", path)
     if not np.isfinite(arr).all():

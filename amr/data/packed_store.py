@@ -93,6 +93,7 @@ def open_or_build(
     normalize: bool = False,
     kind: str = "feature",
     verify: bool = False,
+    width: int = FEAT_DIM,
 ) -> PackedArrays:
     """Open the pack for these sources, building it first if no complete pack exists.
 
@@ -103,6 +104,7 @@ def open_or_build(
         dtype: storage dtype ("float32" or "float16").
         normalize: store frames L2-normalised (audio), as the official loader computes them.
         verify: re-check every array of an existing pack for NaN/inf.
+        width: of every array (the encoder's audio or text width).
     Raises:
         InputError: missing files (count and first ids), unreadable file, wrong shape, NaN/inf.
     """
@@ -113,15 +115,24 @@ def open_or_build(
     folder = cache_dir / f"{kind}-{pack_key(keys, paths, npz_key, dtype, normalize)}"
     if (folder / "index.json").is_file():
         pack = PackedArrays(folder)
+        if pack.dim != width:
+            raise InputError(f"{kind} features are {pack.dim}-d, expected {width}-d", paths[0].parent)
         if verify:
             pack.verify()
         return pack
-    _build(folder, keys, paths, npz_key, dtype, normalize, kind)
+    _build(folder, keys, paths, npz_key, dtype, normalize, kind, width)
     return PackedArrays(folder)
 
 
 def _build(
-    folder: Path, keys: Sequence[str], paths: Sequence[Path], npz_key: str, dtype: str, normalize: bool, kind: str
+    folder: Path,
+    keys: Sequence[str],
+    paths: Sequence[Path],
+    npz_key: str,
+    dtype: str,
+    normalize: bool,
+    kind: str,
+    width: int,
 ) -> None:
     """Write the pack into a temporary folder beside ``folder``, then rename it into place."""
     cache_dir = folder.parent
@@ -131,7 +142,7 @@ def _build(
         offsets = [0]
         with open(tmp / "data.bin", "wb") as f:
             for p in tqdm(paths, desc=f"packing {len(paths)} {kind} files", disable=len(paths) < 2000, leave=False):
-                arr = load_npz_array(p, npz_key)
+                arr = load_npz_array(p, npz_key, width)
                 if normalize:
                     arr = l2_normalize(arr)
                 f.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
@@ -140,7 +151,7 @@ def _build(
             os.fsync(f.fileno())
         meta = {
             "format": PACK_FORMAT,
-            "dim": FEAT_DIM,
+            "dim": width,
             "dtype": dtype,
             "keys": list(keys),
             "offsets": offsets,

@@ -16,6 +16,10 @@ The features are learnable but not trivial:
 Presets: ``clotho_moment`` (60 s recordings, 61 centred frames, one window per query, ``fg_dB``)
 and ``castella`` (1-5 min recordings, one frame per second, up to five moments per recording,
 queries with one to three windows). Generation is deterministic for a seed.
+
+Another encoder's feature set (the ``features`` group: other folders, other widths) is derived from
+the MS-CLAP-shaped one by fixed random projections (:func:`derive_features`), so the same
+recordings and queries can be trained on with features of any width.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from amr.augment.caption_versions import PIVOTS
-from amr.data.features import AUDIO_KEY, FEAT_DIM, TEXT_KEY, FeatureLayout, Layout
+from amr.data.features import AUDIO_KEY, FEAT_DIM, TEXT_KEY, Encoder, FeatureLayout, Layout
 from amr.io import atomic_open, write_jsonl
 
 SOURCES = {
@@ -285,3 +289,46 @@ def _recording(
 def _save(path: Path, key: str, arr: np.ndarray, dtype: str = "float16") -> None:
     with atomic_open(path, "wb") as f:
         np.savez(f, **{key: arr.astype(dtype)})  # type: ignore[arg-type]
+
+
+def custom_encoder(audio_dim: int, text_dim: int) -> Encoder:
+    """The ``features=custom`` encoder (its folders as ``conf/features/custom.yaml`` names them)."""
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "features" / "custom.yaml")
+    return Encoder.of({**OmegaConf.to_container(conf), "audio_dim": audio_dim, "text_dim": text_dim})  # type: ignore[dict-item]
+
+
+def _marker(layout: Layout) -> Path:
+    return layout.root / "data" / f"{layout.name}_SYNTHETIC.{layout.encoder.audio}.json"
+
+
+def has_features(layout: Layout) -> bool:
+    """Whether the synthetic set at ``layout`` holds its encoder's feature set (with its widths)."""
+    if layout.encoder.audio == Encoder().audio:
+        return True  # the MS-CLAP-shaped set is written with the annotations
+    marker = _marker(layout)
+    return marker.is_file() and json.loads(marker.read_text()).get("encoder") == layout.encoder.record()
+
+
+def derive_features(layout: Layout, seed: int = 0, dtype: str = "float16") -> None:
+    """Write ``layout.encoder``'s feature set of a synthetic dataset: every 768-d MS-CLAP-shaped
+    array (audio frames, captions and their versions) through a fixed random projection to the
+    encoder's width (``seed`` draws the two projections). A killed run is redone file by file."""
+    enc = layout.encoder
+    base = Layout(layout.root, layout.name, layout.feat_dir).features
+    rng = np.random.default_rng([seed, 11])
+    proj = {
+        AUDIO_KEY: rng.standard_normal((FEAT_DIM, enc.audio_dim)) / np.sqrt(FEAT_DIM),
+        TEXT_KEY: rng.standard_normal((FEAT_DIM, enc.text_dim)) / np.sqrt(FEAT_DIM),
+    }
+    pairs = [(base.audio_dir, layout.features.audio_dir, AUDIO_KEY)]
+    pairs += [(base.text_dir(pv), layout.features.text_dir(pv), TEXT_KEY) for pv in (None, *PIVOTS)]
+    for src, dst, key in pairs:
+        dst.mkdir(parents=True, exist_ok=True)
+        for npz in sorted(src.glob("*.npz")):
+            with np.load(npz) as z:
+                arr = z[key].astype(np.float32)
+            _save(dst / npz.name, key, arr @ proj[key], dtype)
+    with atomic_open(_marker(layout)) as f:
+        json.dump({"encoder": enc.record(), "seed": seed, "note": "projected synthetic features"}, f)

@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader
 from amr.checkpoints import Checkpoint
 from amr.data.annotations import Query
 from amr.data.dataset import MomentDataset, SplitData, audio_input, collate, make_item
-from amr.data.features import AUDIO_KEY, FEAT_DIM, Layout, check_features, l2_normalize, load_npz_array
+from amr.data.features import (
+    AUDIO_KEY,
+    MSCLAP_2023,
+    Encoder,
+    Layout,
+    check_features,
+    l2_normalize,
+    load_npz_array,
+)
 from amr.errors import InputError
 from amr.inference.batch import Candidates, network_outputs, predict_batch
 from amr.inference.calibration import Calibrator, beside
@@ -62,14 +70,22 @@ class AudioWindows:
     windows: np.ndarray  # (T, 44100)
 
 
-def read_recording(path: str | Path, centered: bool = False) -> np.ndarray | AudioWindows:
-    """An ``.npz`` of features -> its (T, 768) frames; an audio file -> its windows. Bad audio
-    fails here, before any model is loaded."""
+def read_recording(
+    path: str | Path, centered: bool = False, encoder: Encoder = MSCLAP_2023
+) -> np.ndarray | AudioWindows:
+    """An ``.npz`` of ``encoder``'s features -> its (T, audio_dim) frames; an audio file -> its
+    windows (for an encoder amr runs on audio). Bad audio fails here, before any model is loaded."""
     path = Path(path)
     if not path.is_file():
         raise InputError("audio file not found", path)
     if path.suffix == ".npz":
-        return load_npz_array(path, AUDIO_KEY)
+        return load_npz_array(path, AUDIO_KEY, encoder.audio_dim)
+    if not encoder.extracted:
+        raise InputError(
+            f"the checkpoint reads {encoder.name} features, which amr does not compute from audio: "
+            f"give the recording's features as an .npz (key '{AUDIO_KEY}', (T, {encoder.audio_dim}))",
+            path,
+        )
     from amr.clap.audio import audio_windows
 
     return AudioWindows(path, audio_windows(path, None, centered))
@@ -155,9 +171,9 @@ def evaluation_lines(
     decoder and calibrator that formed them, in one line. The checkpoint is checked before the
     features are read."""
     ckpt = Checkpoint.read(ckpt_path)
-    model = ckpt.model(FEAT_DIM)
+    model = ckpt.model(ckpt.encoder)
     decode, cal, how = decoding(ckpt, decode, calibrator)
-    layout = Layout(Path(data_root), EVALUATION_SET, feat_dir)
+    layout = Layout(Path(data_root), EVALUATION_SET, feat_dir, ckpt.encoder)  # the features it was trained on
     ann = Path(annotations) if annotations else Path(data_root) / "data" / f"{EVALUATION_SET}.jsonl"
     data = SplitData.load(layout, "evaluation", cache_dir, require_windows=False, annotations=ann)
     cands = collect(model, MomentDataset(data, train=False, with_labels=False))
@@ -193,7 +209,8 @@ class Predictor:
         at_least_one(max_frames, "max_frames", MIN_WINDOW, WINDOW_WHY)
         self.device = pick_device(device)
         checkpoint = Checkpoint.read(ckpt)
-        self.model = checkpoint.model(FEAT_DIM).to(self.device)
+        self.encoder = checkpoint.encoder  # the features it reads: its own encoder's
+        self.model = checkpoint.model(self.encoder).to(self.device)
         self.decode, self.calibrator, self.decoding = decoding(checkpoint, decode, calibrator)
         self.clap_weights = clap_weights
         self.centered = centered
@@ -213,7 +230,7 @@ class Predictor:
         """(T, 768) raw CLAP frames: from an audio file (whole recording), an ``.npz``, the result of
         :func:`read_recording`, or an array."""
         if isinstance(audio, (str, Path)):
-            audio = read_recording(audio, self.centered)
+            audio = read_recording(audio, self.centered, self.encoder)
         if isinstance(audio, AudioWindows):
             from amr.clap.extract import embed_windows
 
@@ -221,16 +238,22 @@ class Predictor:
                 self.clap, audio.windows, 64, f"MS-CLAP on {len(audio.windows)} s of {audio.path.name}"
             )
         arr = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-        check_features(arr, "<audio features>")
+        check_features(arr, "<audio features>", self.encoder.audio_dim)
         return arr
 
     def text_features(self, query: str | np.ndarray | torch.Tensor) -> np.ndarray:
         """(L, 768) GPT-2 token states of a query (text through MS-CLAP, or given as an array)."""
         if isinstance(query, str):
             check_query(query)
+            if not self.encoder.extracted:
+                raise InputError(
+                    f"the checkpoint reads {self.encoder.name} features, which amr does not compute from text: "
+                    f"give the query's token features ({self.encoder.text_dim}-d)",
+                    "<query>",
+                )
             return self.clap.text([query])[0]
         arr = query.detach().cpu().numpy() if isinstance(query, torch.Tensor) else np.asarray(query)
-        check_features(arr, "<text features>")
+        check_features(arr, "<text features>", self.encoder.text_dim)
         return arr
 
     @torch.inference_mode()

@@ -19,7 +19,7 @@ import numpy as np
 
 from amr.checkpoints import load_model
 from amr.data.dataset import MomentDataset, SplitData
-from amr.data.features import FEAT_DIM, Layout
+from amr.data.features import Encoder, Layout
 from amr.errors import InputError
 from amr.inference.batch import Candidates
 from amr.inference.calibration import TARGET_IOU, Calibrator, features, fit, hits
@@ -64,6 +64,11 @@ class Source:
             raise InputError(f"the run's decode config is not usable ({e})", folder.config_file) from None
         return cls(run, info, config, ckpt, decode)
 
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder whose features the run read (MS-CLAP 2023 for runs that predate the setting)."""
+        return Encoder.of(self.config.get("features"))
+
     def split(self, role: str, cache_dir: Path) -> MomentDataset:
         """The run's val or test split, read from where its run.json says its annotations are."""
         ann = Path(self.info["annotations"][role])
@@ -71,7 +76,7 @@ class Source:
         cfg: dict[str, Any] = {k: data_cfg.get(k) for k in DATA_KEYS}
         if any(v is None or (isinstance(v, str) and "${" in v) for v in cfg.values()):
             raise InputError(f"the run's data config lacks plain values for {list(DATA_KEYS)}", self.run)
-        layout = Layout(ann.parent.parent, cfg["name"], cfg["feat_dir"])
+        layout = Layout(ann.parent.parent, cfg["name"], cfg["feat_dir"], self.encoder)
         split = ann.name.removeprefix(f"{cfg['name']}_").removesuffix("_release.jsonl")
         data = SplitData.load(layout, split, cache_dir, dtype=cfg["dtype"], overlong=cfg["overlong"], annotations=ann)
         return MomentDataset(
@@ -194,7 +199,7 @@ def rescore(
     configs = grid(decode or src.decode, choices or {})
     metric_key(metric)
     cal_path = RunFolder(out).calibrator  # written under out alone: the source run is never touched
-    model = load_model(src.ckpt, FEAT_DIM)
+    model = load_model(src.ckpt, src.encoder)
     splits = {
         role: collect(model, src.split(role, cache_dir), desc=f"{run.name}: {role} queries") for role in ("val", "test")
     }

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from amr.augment.caption_versions import PIVOTS
 from amr.augment.time_mask import TimeMaskConfig  # the time mask's own dataclass
-from amr.data.features import FEAT_DIM
+from amr.data.features import Encoder as FeaturesCfg  # the features config is the encoder's own dataclass
 from amr.inference.decoders import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
@@ -112,6 +112,7 @@ class TrainConfig:
     experiment_name: str = "default"
     seed: int = 2023
     data: DataCfg = MISSING
+    features: FeaturesCfg = field(default_factory=FeaturesCfg)  # the encoder whose features both stages read
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     train: StageCfg = field(default_factory=StageCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -300,11 +301,15 @@ def _validate_keys(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not a setting of the training config (misspelt?)")
     _in(cfg.monitor, tuple(SHORT_NAMES.values()), "monitor")
-    for key in ("model.aud_dim", "model.txt_dim"):
-        if OmegaConf.select(cfg, key) != FEAT_DIM:
+    for key, width in (("model.aud_dim", "features.audio_dim"), ("model.txt_dim", "features.text_dim")):
+        if OmegaConf.select(cfg, key) != OmegaConf.select(cfg, width):
             raise ValueError(
-                f"{key} must be {FEAT_DIM}, the width of MS-CLAP 2023 features, got {OmegaConf.select(cfg, key)}"
+                f"{key} must be {OmegaConf.select(cfg, width)}, the {width} of {cfg.features.name} features, "
+                f"got {OmegaConf.select(cfg, key)}"
             )
+    for width in ("features.audio_dim", "features.text_dim"):
+        if OmegaConf.select(cfg, width) < 1:
+            raise ValueError(f"{width} must be at least 1, got {OmegaConf.select(cfg, width)}")
 
 
 def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:

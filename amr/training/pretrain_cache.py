@@ -22,6 +22,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from amr.checkpoints import read
+from amr.data.features import Encoder
 from amr.io import write_json
 from amr.results.run_folder import RunFolder
 from amr.runtime import is_rank_zero
@@ -80,6 +81,8 @@ def pretrain_key(cfg: DictConfig) -> str:
         ident["fixed_shapes"] = True
     if cfg.get("compile"):  # other kernels (and on the CPU another dropout draw)
         ident["compile"] = cfg.compile
+    if Encoder.of(cfg.features) != Encoder():  # other features; MS-CLAP 2023 keeps the keys as they were
+        ident["features"] = Encoder.of(cfg.features).record()
     if callbacks:  # only when present, so that the keys of runs without callbacks stay as they were
         ident["callbacks"] = callbacks
     if cfg.get("decode") is not None and cfg.decode.name != "detr":  # it picks the best epoch; detr keeps old keys

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from amr.checkpoints import Checkpoint, adopt
 from amr.checkpoints import read as read_checkpoint
-from amr.data.features import FEAT_DIM
+from amr.data.features import Encoder
 from amr.errors import InputError, os_error_behind, os_error_line
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
@@ -172,6 +172,8 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"init_from={resume}, or evaluate it with fit=false ckpt_path={resume}",
                 resume,
             )
+        if cfg.stacked_runs == 1:  # resumed with other features: one line, not a shape error in Lightning
+            Checkpoint(resume, state["state_dict"], state["hyper_parameters"]).model(Encoder.of(cfg.features))
         own = RunFolder(out_dir)
         if resume.resolve() != own.last_ckpt.resolve():  # another folder's run, continued in this new one
             if cfg.stacked_runs > 1:
@@ -181,8 +183,11 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
         return resume
     if not cfg.fit and not Path(cfg.ckpt_path).is_file():
         raise InputError("checkpoint to evaluate not found", cfg.ckpt_path)
+    encoder = Encoder.of(cfg.features)
     if not cfg.fit:  # weights for other features, or not a checkpoint: one line before any data is read
-        Checkpoint.read(cfg.ckpt_path).model(FEAT_DIM)
+        Checkpoint.read(cfg.ckpt_path).model(encoder)
+    elif cfg.init_from and Path(cfg.init_from).is_file():
+        Checkpoint.read(cfg.init_from).model(encoder)
     if is_rank_zero():
         refuse_taken(out_dir, None)
     return None

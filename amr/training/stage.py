@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
 from amr.checkpoints import AtomicCheckpointIO, load_weights
 from amr.data.datamodule import MomentDataModule, ensure_dataset
-from amr.data.features import Layout
+from amr.data.features import Encoder, Layout
 from amr.errors import InputError
 from amr.metrics.retrieval import BRIEF_KEYS, MONITOR_LOGGED, SHORT_NAMES, logged_names
 from amr.results.report import write_timelines
@@ -69,6 +69,7 @@ def build_datamodule(cfg: DictConfig, stage: str) -> MomentDataModule:
         pivots=pivots,
         on_device=cfg.batches_on_device,
         fixed_shapes=cfg.fixed_shapes,
+        encoder=Encoder.of(cfg.features),
     )
 
 
@@ -77,7 +78,7 @@ def check_datasets(cfg: DictConfig) -> None:
     trains: a mistyped root is one line at the start, not after a pre-training."""
     trains_pretrain = cfg.fit and not cfg.init_from  # init_from replaces the pre-training stage
     for stage in stages_of(cfg) if trains_pretrain else (MAIN_STAGE,):
-        ensure_dataset(stage_settings(cfg, stage)[0])
+        ensure_dataset(stage_settings(cfg, stage)[0], Encoder.of(cfg.features))
 
 
 def build_module(cfg: DictConfig, init: Path | None = None, stage: str = MAIN_STAGE) -> MomentRetrievalModule:
@@ -92,7 +93,7 @@ def build_module(cfg: DictConfig, init: Path | None = None, stage: str = MAIN_ST
         loss=plain(cfg.loss),
         optim=plain(cfg.optim),
         decode=plain(cfg.decode),
-        features={"name": data.name, "feat_dir": data.feat_dir},
+        features={"name": data.name, "feat_dir": data.feat_dir, "encoder": Encoder.of(cfg.features).record()},
     )
     if cfg.get("compile"):
         module.model.compile(mode=cfg.compile, dynamic=False)  # in place: parameter names unchanged
