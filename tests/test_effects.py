@@ -303,6 +303,8 @@ ELSEWHERE: dict[str, str] = {
     "features.*_dim": "test_encoders.py::test_features_custom_trains_on_a_synthetic_set_of_its_widths",
     "features=custom": "test_encoders.py::test_features_custom_trains_on_a_synthetic_set_of_its_widths",
     "features=msclap2023": "test_encoders.py::test_a_sweep_over_encoders_is_two_systems_in_the_report",
+    "features=laion_clap": "test_laion.py::test_the_laion_option_names_its_folders_and_widths",
+    "amr extract-* --encoder": "test_laion.py::test_laion_extraction_and_prediction_on_raw_audio",
     "data.feat_dir": "test_data_store.py::test_dropped_version_is_served_by_the_original_caption",
     "data.root": "test_failures.py::test_a_mistyped_data_root_is_an_error_not_a_new_synthetic_set",
     "data.splits.*": "test_annotations.py::test_official_annotation_files_load",

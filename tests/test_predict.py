@@ -20,7 +20,7 @@ def test_predict_cli_and_python_api_agree(clap, audio_dir, tmp_path) -> None:
     proc = run_amr([*argv, "--query", "a dog barks", "--query", "rain", "--top-k", "3", "--json"], clap)
     docs = json.loads(proc.stdout)
     assert "decode=detr (the official decoding), no calibrator" in proc.stderr.splitlines()  # what formed them
-    assert "MS-CLAP on " in proc.stderr  # the audio's way through MS-CLAP shows its progress
+    assert "MS-CLAP 2023 on " in proc.stderr  # the audio's way through MS-CLAP shows its progress
     assert [d["query"] for d in docs] == ["a dog barks", "rain"]
     for doc in docs:
         assert len(doc["moments"]) == 3

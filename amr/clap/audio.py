@@ -21,8 +21,11 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 Channel = Literal["first", "mean"]
 
 
-def read_audio(path: str | Path, max_seconds: float | None = 300.0, channel: Channel = "first") -> np.ndarray:
-    """Samples of ``path`` at 44.1 kHz, float32, shape (n,); cut to ``max_seconds`` (None: whole file).
+def read_audio(
+    path: str | Path, max_seconds: float | None = 300.0, channel: Channel = "first", rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Samples of ``path`` at ``rate`` (44.1 kHz: MS-CLAP's), float32, shape (n,); cut to
+    ``max_seconds`` (None: whole file).
 
     Raises:
         InputError: unreadable, empty, silent or non-finite audio, or a sample rate of 0.
@@ -51,41 +54,46 @@ def read_audio(path: str | Path, max_seconds: float | None = 300.0, channel: Cha
         raise InputError("NaN or inf samples", path)
     if not np.any(x):
         raise InputError("silent audio (every sample is 0)", path)
-    if sr != SAMPLE_RATE:
+    if sr != rate:
         import soxr
 
-        x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        x = soxr.resample(x, sr, rate, quality="HQ").astype(np.float32, copy=False)
     if max_seconds is not None:
-        x = x[: int(max_seconds * SAMPLE_RATE)]
+        x = x[: int(max_seconds * rate)]
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def n_frames(n_samples: int, centered: bool = False) -> int:
+def n_frames(n_samples: int, centered: bool = False, window: int = WINDOW) -> int:
     """Number of 1 s frames: floor(seconds), or floor(seconds) + 1 with 0.5 s padding on both sides."""
     if centered:
-        n_samples += 2 * (WINDOW // 2)
-    return 0 if n_samples < WINDOW else (n_samples - WINDOW) // WINDOW + 1
+        n_samples += 2 * (window // 2)
+    return 0 if n_samples < window else (n_samples - window) // window + 1
 
 
-def windows(x: np.ndarray, centered: bool = False) -> np.ndarray:
-    """(T, 44100) view of 1 s windows with 1 s hop; ``centered`` zero-pads half a window on both
-    sides first (as the Clotho-Moment features were made: frame i is centred at i seconds)."""
+def windows(x: np.ndarray, centered: bool = False, window: int = WINDOW) -> np.ndarray:
+    """(T, window) view of 1 s windows (``window`` samples: the rate) with 1 s hop; ``centered``
+    zero-pads half a window on both sides first (as the Clotho-Moment features were made: frame i
+    is centred at i seconds)."""
     if centered:
-        half = WINDOW // 2
+        half = window // 2
         x = np.pad(x, (half, half))
-    t = n_frames(len(x))
-    return x[: t * WINDOW].reshape(t, WINDOW)
+    t = n_frames(len(x), window=window)
+    return x[: t * window].reshape(t, window)
 
 
 def audio_windows(
-    path: str | Path, max_seconds: float | None = 300.0, centered: bool = False, channel: Channel = "first"
+    path: str | Path,
+    max_seconds: float | None = 300.0,
+    centered: bool = False,
+    channel: Channel = "first",
+    rate: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """The (T, 44100) windows of one file, T >= 1.
+    """The (T, rate) windows of one file at ``rate`` (MS-CLAP's 44.1 kHz by default), T >= 1.
 
     Raises:
         InputError: as :func:`read_audio`, or a clip too short for one window.
     """
-    win = windows(read_audio(path, max_seconds, channel), centered)
+    win = windows(read_audio(path, max_seconds, channel, rate), centered, rate)
     if len(win) == 0:
         raise InputError("shorter than one 1 s window (no frame); --centered gives sub-second clips one", path)
     return win

@@ -1,10 +1,15 @@
-"""Import ``msclap`` on installs where its ``torchaudio`` dependency cannot load.
+"""Import ``msclap`` and ``laion_clap`` on installs where their ``torchaudio`` (and, for
+``laion_clap``, ``torchvision``) dependencies cannot load.
 
 msclap imports torchaudio at module level but this project never calls it (audio is read with
 soundfile and resampled with soxr). PyPI's torchaudio wheels are CUDA builds that fail to import
 beside a CPU-only torch (``OSError: libc10_cuda.so``). When the real module cannot be imported, a
 small stand-in with the two functions msclap names (``load``, ``transforms.Resample``), written on
 soundfile and soxr, is registered instead. A working torchaudio is always used as is.
+
+``laion_clap`` imports torchvision at module level for its training data code; amr uses only its
+model. Without a loadable torchvision, a stand-in whose image transforms refuse to run is
+registered (only the package's fusion models, which amr refuses, would call one).
 """
 
 from __future__ import annotations
@@ -78,3 +83,54 @@ def import_msclap() -> types.ModuleType:
             f"MS-CLAP feature extraction needs the optional extra: pip install -e '.[clap]' ({e})"
         ) from None
     return clap_models
+
+
+def _inert_module(name: str) -> types.ModuleType:
+    """A package whose every attribute is a class that refuses to be built (names resolve at import)."""
+
+    def refuse(attr: str) -> type:
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            raise RuntimeError(f"{name}.{attr}: torchvision is not installed (amr's stand-in only lets imports pass)")
+
+        return type(attr, (), {"__init__": init})
+
+    mod = types.ModuleType(name)
+    mod.__getattr__ = refuse  # type: ignore[method-assign]
+    mod.__path__ = []  # type: ignore[attr-defined]  # a package: submodules import
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    mod.__version__ = "0+amr-standin"  # type: ignore[attr-defined]
+    return mod
+
+
+def ensure_torchvision() -> None:
+    """Make ``import torchvision`` succeed: the real module if it loads, else an inert stand-in."""
+    if "torchvision" in sys.modules:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except Exception as e:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        log.debug("torchvision unusable (%s); using an inert stand-in", e)
+
+        for name in (
+            "torchvision",
+            "torchvision.datasets",
+            "torchvision.transforms",
+            "torchvision.ops",
+            "torchvision.ops.misc",
+        ):
+            sys.modules[name] = _inert_module(name)
+
+
+def import_laion() -> types.ModuleType:
+    """``laion_clap.hook`` (its model factory), with a clear error when the optional extra is missing."""
+    ensure_torchaudio()
+    ensure_torchvision()
+    try:
+        import laion_clap.hook as hook
+    except ImportError as e:
+        raise ImportError(
+            f"LAION-CLAP feature extraction needs the optional extra: pip install -e '.[laion]' ({e})"
+        ) from None
+    return hook

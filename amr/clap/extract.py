@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from amr.clap.audio import AUDIO_SUFFIXES, Channel, audio_windows
-from amr.data.features import AUDIO_KEY, TEXT_KEY, FeatureLayout
+from amr.clap.audio import AUDIO_SUFFIXES, SAMPLE_RATE, Channel, audio_windows
+from amr.data.features import AUDIO_KEY, MSCLAP_2023, TEXT_KEY, Encoder, FeatureLayout
 from amr.errors import InputError
 from amr.io import atomic_open, file_name, read_jsonl
 from amr.runtime import progress
 
 if TYPE_CHECKING:
-    from amr.clap.model import ClapEncoder
+    from amr.clap.encoders import AudioTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def audio_files(audio_dir: Path) -> list[Path]:
     return files
 
 
-def embed_windows(encoder: ClapEncoder, win: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
-    """(T, 44100) windows -> (T, 768) embeddings, ``batch_size`` windows per forward pass; with a
+def embed_windows(encoder: AudioTextEncoder, win: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
+    """(T, rate) windows -> (T, audio width) embeddings, ``batch_size`` windows per forward pass; with a
     progress bar named ``desc`` when given."""
     starts = range(0, len(win), batch_size)
     if desc is not None:
@@ -96,15 +96,18 @@ def _prefetch(
 def extract_audio_dir(
     audio_dir: Path,
     out_dir: Path,
-    encoder_factory: Callable[[], ClapEncoder],
+    encoder_factory: Callable[[], AudioTextEncoder],
     max_seconds: float | None = 300.0,
     centered: bool = False,
     channel: Channel = "first",
     batch_size: int = 64,
+    folders: Encoder = MSCLAP_2023,
+    rate: int = SAMPLE_RATE,
 ) -> ExtractReport:
-    """One ``{vid}.npz`` per audio file of ``audio_dir`` under ``out_dir/clap``."""
+    """One ``{vid}.npz`` per audio file of ``audio_dir`` under ``out_dir/<folders.audio>`` (``clap``
+    for MS-CLAP 2023), read at the encoder's ``rate``."""
     files = audio_files(audio_dir)
-    feats = FeatureLayout(out_dir)
+    feats = FeatureLayout(out_dir, folders)
     report = ExtractReport()
     todo = []
     for p in files:
@@ -117,7 +120,7 @@ def extract_audio_dir(
     encoder = encoder_factory()
 
     def load(p: Path) -> np.ndarray:
-        return audio_windows(p, max_seconds, centered, channel)
+        return audio_windows(p, max_seconds, centered, channel, rate)
 
     with tqdm(total=len(todo), desc="audio", unit="file") as bar:
         for p, win in _prefetch(todo, load):
@@ -143,12 +146,15 @@ def _caption(value: object, path: Path, line: int, what: str) -> str:
     return value
 
 
-def text_jobs(annotations: Sequence[Path], paraphrases: Path | None, out_dir: Path) -> tuple[list[TextJob], int]:
-    """Captions to encode and the files each one goes to, skipping files already written; identical
-    captions are encoded once. All input is checked before any model is loaded."""
+def text_jobs(
+    annotations: Sequence[Path], paraphrases: Path | None, out_dir: Path, folders: Encoder = MSCLAP_2023
+) -> tuple[list[TextJob], int]:
+    """Captions to encode and the files each one goes to (``folders``: the encoder's), skipping
+    files already written; identical captions are encoded once. All input is checked before any
+    model is loaded."""
     from amr.data.annotations import load_annotations
 
-    feats = FeatureLayout(out_dir)
+    feats = FeatureLayout(out_dir, folders)
     by_text: dict[str, list[Path]] = {}
     present = 0
     known: set[str] = set()
@@ -186,11 +192,13 @@ def extract_text(
     annotations: Sequence[Path],
     paraphrases: Path | None,
     out_dir: Path,
-    encoder_factory: Callable[[], ClapEncoder],
+    encoder_factory: Callable[[], AudioTextEncoder],
     batch_size: int = 64,
+    folders: Encoder = MSCLAP_2023,
 ) -> ExtractReport:
-    """GPT-2 token-level features of every caption (and caption version) into ``out_dir``."""
-    jobs, present = text_jobs(annotations, paraphrases, out_dir)
+    """Token-level features of every caption (and caption version) into ``out_dir`` (MS-CLAP's
+    GPT-2 states in ``clap_text/`` by default; ``folders``: another encoder's)."""
+    jobs, present = text_jobs(annotations, paraphrases, out_dir, folders)
     report = ExtractReport(skipped=present)
     if not jobs:
         return report

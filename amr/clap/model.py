@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from amr.checkpoints import load_strict, read_clap_state
+from amr.clap.audio import SAMPLE_RATE
 from amr.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,11 @@ class LoadReport:
     path: str
     loaded: int
     ignored: list[str] = field(default_factory=list)
+    what: str = "MS-CLAP 2023"
 
     def line(self) -> str:
         extra = f"; {len(self.ignored)} stale buffer(s) ignored ({self.ignored[0]}, ...)" if self.ignored else ""
-        return f"MS-CLAP 2023 weights: {self.loaded} tensors loaded strictly from {self.path}{extra}"
+        return f"{self.what} weights: {self.loaded} tensors loaded strictly from {self.path}{extra}"
 
 
 def clap_config() -> dict[str, Any]:
@@ -84,6 +86,9 @@ class ClapEncoder:
     ``text(captions)``: GPT-2 last hidden state of ``caption + " <|endoftext|>"`` (pad token '!',
     at most 77 tokens), cut to the attention mask: one (L_i, 768) array per caption.
     """
+
+    sample_rate = SAMPLE_RATE
+    audio_dim = 768  # the HTSAT embedding before the projection
 
     def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
         cfg = clap_config()

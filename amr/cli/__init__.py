@@ -135,23 +135,35 @@ def _finish(report: ExtractReport, what: str) -> None:
 
 
 def _extract_audio(args: argparse.Namespace) -> None:
+    from amr.clap.encoders import sample_rate
     from amr.clap.extract import extract_audio_dir
+    from amr.data.features import encoder_conf
 
     at_least_one(args.batch_size, "--batch-size")
     max_s = args.max_seconds if args.max_seconds > 0 else None
     check_output(args.out, [args.audio_dir, args.clap_weights], resumes=True)
     report = extract_audio_dir(
-        args.audio_dir, args.out, encoder_factory(args), max_s, args.centered, args.channel, args.batch_size
+        args.audio_dir,
+        args.out,
+        encoder_factory(args),
+        max_s,
+        args.centered,
+        args.channel,
+        args.batch_size,
+        encoder_conf(args.encoder),
+        sample_rate(args.encoder),
     )
     _finish(report, "audio feature")
 
 
 def _extract_text(args: argparse.Namespace) -> None:
     from amr.clap.extract import extract_text
+    from amr.data.features import encoder_conf
 
     at_least_one(args.batch_size, "--batch-size")
     check_output(args.out, [*args.annotations, args.paraphrases, args.clap_weights], resumes=True)
-    report = extract_text(args.annotations, args.paraphrases, args.out, encoder_factory(args), args.batch_size)
+    folders = encoder_conf(args.encoder)
+    report = extract_text(args.annotations, args.paraphrases, args.out, encoder_factory(args), args.batch_size, folders)
     _finish(report, "text feature")
 
 
@@ -231,24 +243,32 @@ def _data_commands(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--max-new-tokens", type=int, default=64)
     b.set_defaults(fn=_backtranslate)
 
-    xa = sub.add_parser("extract-audio", help="MS-CLAP 2023 audio features (1 frame/s) of a folder of audio files")
+    xa = sub.add_parser("extract-audio", help="audio features (1 frame/s) of a folder of audio files")
     xa.add_argument("--audio-dir", required=True, type=Path)
     xa.add_argument(
-        "--out", required=True, type=Path, help="FEATURES_DIR, e.g. features/castella: writes clap/{vid}.npz"
+        "--out",
+        required=True,
+        type=Path,
+        help="FEATURES_DIR, e.g. features/castella: writes clap/{vid}.npz (laion_clap/ with --encoder laion_clap)",
     )
     xa.add_argument("--max-seconds", type=float, default=300.0, help="cut longer audio (0: keep all)")
     xa.add_argument("--centered", action="store_true", help="pad 0.5 s on both sides (Clotho-Moment's frames)")
     xa.add_argument("--channel", choices=["first", "mean"], default="first", help="official: the first channel")
     xa.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    clap_options(xa)
+    clap_options(xa, encoders=True)
     xa.set_defaults(fn=_extract_audio)
 
-    xt = sub.add_parser("extract-text", help="MS-CLAP 2023 (GPT-2) token-level text features of captions")
+    xt = sub.add_parser("extract-text", help="token-level text features of captions (MS-CLAP's GPT-2, or RoBERTa)")
     xt.add_argument("--annotations", required=True, nargs="+", type=Path, help="annotation JSONL file(s)")
     xt.add_argument("--paraphrases", type=Path, help="paraphrase JSONL (amr backtranslate): caption versions too")
-    xt.add_argument("--out", required=True, type=Path, help="FEATURES_DIR: writes clap_text/ and clap_text_versions/")
+    xt.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="FEATURES_DIR: writes clap_text/ and clap_text_versions/ (or laion_clap_...)",
+    )
     xt.add_argument("--batch-size", type=int, default=64, help="captions per forward pass")
-    clap_options(xt)
+    clap_options(xt, encoders=True)
     xt.set_defaults(fn=_extract_text)
 
 
@@ -256,7 +276,12 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     """Commands for checkpoints and inference."""
     u = sub.add_parser("submit", help="DCASE evaluation-set submission from a checkpoint and the distributed features")
     u.add_argument("--ckpt", required=True, type=Path, help="amr checkpoint (a run's best, or a converted one)")
-    u.add_argument("--data-root", required=True, type=Path, help="holds features/dcase2026_evaluation/{clap,clap_text}")
+    u.add_argument(
+        "--data-root",
+        required=True,
+        type=Path,
+        help="holds features/dcase2026_evaluation/ in the checkpoint's encoder's folders",
+    )
     u.add_argument("--out", required=True, type=Path)
     u.add_argument("--feat-dir", default="dcase2026_evaluation")
     u.add_argument("--annotations", type=Path, help="default: DATA_ROOT/data/dcase2026_evaluation.jsonl")

@@ -9,22 +9,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from amr.clap.model import ClapEncoder
+    from amr.clap.encoders import AudioTextEncoder
 
 
-def encoder_factory(args: argparse.Namespace) -> Callable[[], ClapEncoder]:
-    def make() -> ClapEncoder:
-        from amr.clap.model import ClapEncoder
+def encoder_factory(args: argparse.Namespace) -> Callable[[], AudioTextEncoder]:
+    """Builds the command's encoder (``--encoder``; MS-CLAP 2023 for commands without it) when called."""
 
-        enc = ClapEncoder(args.clap_weights, args.device)
+    def make() -> AudioTextEncoder:
+        from amr.clap.encoders import build_encoder
+
+        enc = build_encoder(getattr(args, "encoder", "msclap2023"), args.clap_weights, args.device)
         print(enc.report.line(), file=sys.stderr)
         return enc
 
     return make
 
 
-def clap_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clap-weights", type=Path, help="local MS-CLAP 2023 .pth (default: msclap's hub download)")
+def clap_options(p: argparse.ArgumentParser, encoders: bool = False) -> None:
+    """``--clap-weights``, ``--device``; with ``encoders``, ``--encoder`` (which one extracts)."""
+    if encoders:
+        from amr.data.features import EXTRACTED
+
+        p.add_argument("--encoder", choices=EXTRACTED, default="msclap2023", help="the features group option written")
+    p.add_argument(
+        "--clap-weights",
+        type=Path,
+        help="local encoder weights: MS-CLAP 2023 .pth, or a LAION-CLAP .pt (default: the hub download)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when present)")
 
 

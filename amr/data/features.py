@@ -30,7 +30,7 @@ from amr.errors import InputError
 AUDIO_KEY = "features"
 TEXT_KEY = "last_hidden_state"
 FEAT_DIM = 768
-EXTRACTED = ("msclap2023",)  # encoders amr runs on audio (amr.clap); others' features are brought
+EXTRACTED = ("msclap2023", "laion_clap")  # encoders amr runs on audio (amr.clap.encoders); others' are brought
 
 
 @dataclass
@@ -58,10 +58,23 @@ class Encoder:
     @property
     def extracted(self) -> bool:
         """Whether amr computes these features from audio (``amr predict`` on a recording)."""
-        return self.name in EXTRACTED and (self.audio_dim, self.text_dim) == (FEAT_DIM, FEAT_DIM)
+        return self.name in EXTRACTED
 
 
 MSCLAP_2023 = Encoder()
+
+
+def encoder_conf(name: str, **settings: Any) -> Encoder:
+    """The encoder of the ``features`` group option ``name`` (``conf/features/<name>.yaml``, the
+    one place an encoder's folders and widths are written), with ``settings`` over it."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / "conf" / "features" / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(f"no features option '{name}' (conf/features/{name}.yaml)", name)
+    conf = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(conf, dict)
+    return Encoder.of({**conf, **settings})
 
 
 @dataclass(frozen=True)

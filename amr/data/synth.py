@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from amr.augment.caption_versions import PIVOTS
-from amr.data.features import AUDIO_KEY, FEAT_DIM, TEXT_KEY, Encoder, FeatureLayout, Layout
+from amr.data.features import AUDIO_KEY, FEAT_DIM, TEXT_KEY, Encoder, FeatureLayout, Layout, encoder_conf
 from amr.io import atomic_open, write_jsonl
 
 SOURCES = {
@@ -293,10 +293,7 @@ def _save(path: Path, key: str, arr: np.ndarray, dtype: str = "float16") -> None
 
 def custom_encoder(audio_dim: int, text_dim: int) -> Encoder:
     """The ``features=custom`` encoder (its folders as ``conf/features/custom.yaml`` names them)."""
-    from omegaconf import OmegaConf
-
-    conf = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "features" / "custom.yaml")
-    return Encoder.of({**OmegaConf.to_container(conf), "audio_dim": audio_dim, "text_dim": text_dim})  # type: ignore[dict-item]
+    return encoder_conf("custom", audio_dim=audio_dim, text_dim=text_dim)
 
 
 def _marker(layout: Layout) -> Path:

@@ -47,7 +47,7 @@ from amr.metrics.iou import pair_iou
 from amr.runtime import progress
 
 if TYPE_CHECKING:
-    from amr.clap.model import ClapEncoder
+    from amr.clap.encoders import AudioTextEncoder
 
 EVALUATION_SET = "dcase2026_evaluation"  # the DCASE evaluation set's name in the official layout
 
@@ -87,8 +87,9 @@ def read_recording(
             path,
         )
     from amr.clap.audio import audio_windows
+    from amr.clap.encoders import sample_rate
 
-    return AudioWindows(path, audio_windows(path, None, centered))
+    return AudioWindows(path, audio_windows(path, None, centered, rate=sample_rate(encoder.name)))
 
 
 MIN_WINDOW = 2
@@ -216,33 +217,43 @@ class Predictor:
         self.centered = centered
         self.max_frames = max_frames
         self.nms_iou = nms_iou
-        self._clap: ClapEncoder | None = None
+        self._clap: AudioTextEncoder | None = None
 
     @property
-    def clap(self) -> ClapEncoder:
+    def clap(self) -> AudioTextEncoder:
+        """The checkpoint's encoder (MS-CLAP 2023 or LAION-CLAP) with ``clap_weights``, built on first use;
+        weights whose audio width is not the checkpoint's are one line."""
         if self._clap is None:
-            from amr.clap.model import ClapEncoder
+            from amr.clap.encoders import build_encoder
 
-            self._clap = ClapEncoder(self.clap_weights, str(self.device))
+            enc = build_encoder(self.encoder.name, self.clap_weights, str(self.device))
+            if enc.audio_dim != self.encoder.audio_dim:
+                raise InputError(
+                    f"{enc.audio_dim}-d {self.encoder.name} audio features; the checkpoint reads "
+                    f"{self.encoder.audio_dim}-d ones",
+                    enc.report.path,
+                )
+            self._clap = enc
         return self._clap
 
     def audio_features(self, audio: str | Path | AudioWindows | np.ndarray | torch.Tensor) -> np.ndarray:
-        """(T, 768) raw CLAP frames: from an audio file (whole recording), an ``.npz``, the result of
-        :func:`read_recording`, or an array."""
+        """(T, audio width) raw frames of the checkpoint's encoder: from an audio file (whole
+        recording), an ``.npz``, the result of :func:`read_recording`, or an array."""
         if isinstance(audio, (str, Path)):
             audio = read_recording(audio, self.centered, self.encoder)
         if isinstance(audio, AudioWindows):
             from amr.clap.extract import embed_windows
 
             return embed_windows(
-                self.clap, audio.windows, 64, f"MS-CLAP on {len(audio.windows)} s of {audio.path.name}"
+                self.clap, audio.windows, 64, f"{self.clap.report.what} on {len(audio.windows)} s of {audio.path.name}"
             )
         arr = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         check_features(arr, "<audio features>", self.encoder.audio_dim)
         return arr
 
     def text_features(self, query: str | np.ndarray | torch.Tensor) -> np.ndarray:
-        """(L, 768) GPT-2 token states of a query (text through MS-CLAP, or given as an array)."""
+        """(L, text width) token states of a query (text through the checkpoint's encoder, or given
+        as an array)."""
         if isinstance(query, str):
             check_query(query)
             if not self.encoder.extracted:

@@ -15,7 +15,7 @@ import numpy as np
 from amr.data.features import AUDIO_KEY, Layout
 
 if TYPE_CHECKING:
-    from amr.clap.model import ClapEncoder
+    from amr.clap.encoders import AudioTextEncoder
 
 
 def as_written(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -35,7 +35,7 @@ class FeatureWriter:
     def __init__(
         self,
         root: Path,
-        encoder: Callable[[], ClapEncoder],
+        encoder: Callable[[], AudioTextEncoder],
         batch_size: int = 64,
         name: str = "clotho_moment",
         feat_dir: str = "clotho-moment",
@@ -44,11 +44,11 @@ class FeatureWriter:
         self.layout = Layout(root, name, feat_dir)
         self.centered = centered
         self._make = encoder
-        self._encoder: ClapEncoder | None = None
+        self._encoder: AudioTextEncoder | None = None
         self.batch_size = batch_size
 
     @property
-    def encoder(self) -> ClapEncoder:
+    def encoder(self) -> AudioTextEncoder:
         if self._encoder is None:
             self._encoder = self._make()
         return self._encoder
