@@ -122,13 +122,16 @@ class SetCriterion(nn.Module):
         mean_log_prob_pos = (pos * log_prob * mask2).sum(2) / (pos.sum(2) + 1e-6)
         rank = (-mean_log_prob_pos * has_pos).mean(1).sum(0) / 12
 
+        return {"loss_saliency": self.saliency_hinge(sal, targets) + rank + neg_pair}
+
+    def saliency_hinge(self, sal: Tensor, targets: dict) -> Tensor:
+        """Margin ranking of each sampled positive frame over its negative, summed, divided by
+        the number of pairs and doubled (official). sal: (B, La); labels: (B, P) frame indices."""
         pos_idx = targets["saliency_pos_labels"].to(sal.device)  # (B, P)
         neg_idx = targets["saliency_neg_labels"].to(sal.device)
         pos_s = sal.gather(1, pos_idx)
         neg_s = sal.gather(1, neg_idx)
-        n_pairs = pos_idx.shape[1]
-        hinge = (self.saliency_margin + neg_s - pos_s).clamp(min=0).sum() / (len(pos_s) * n_pairs) * 2
-        return {"loss_saliency": hinge + rank + neg_pair}
+        return (self.saliency_margin + neg_s - pos_s).clamp(min=0).sum() / (pos_s.numel()) * 2
 
     def forward(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
         """
@@ -153,6 +156,14 @@ class SetCriterion(nn.Module):
     def total(self, losses: dict[str, Tensor]) -> Tensor:
         """Weighted sum of the terms that have a weight."""
         return torch.stack([losses[k] * w for k, w in self.weight_dict.items() if k in losses]).sum()
+
+
+class HingeSaliencyCriterion(SetCriterion):
+    """Moment-DETR's criterion: the same span, GIoU and label terms, and the margin ranking alone
+    for saliency (no rank contrast, no negative pair: the network has no negative pass)."""
+
+    def loss_saliency(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
+        return {"loss_saliency": self.saliency_hinge(outputs["saliency_scores"], targets)}
 
 
 def official_weight_dict(

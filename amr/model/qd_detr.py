@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amr.model.decoder import MLP, Decoder
-from amr.model.dropout import Dropout
 from amr.model.encoder import LayerStack, SelfAttentionLayer, T2VMask, TextToAudioLayer, t2v_blocked
 from amr.model.position import AudioSinePosition, TrainableTextPosition
+from amr.model.projection import input_projection
 from amr.model.span_ops import inverse_sigmoid
 
 
@@ -55,29 +54,8 @@ class QDDETRConfig:
             raise ValueError(f"n_input_proj must be 1, 2 or 3, got {self.n_input_proj}")
 
 
-class InputProjection(nn.Module):
-    """LayerNorm -> Dropout -> Linear -> optional ReLU (official ``LinearLayer``)."""
-
-    def __init__(self, in_dim: int, out_dim: int, dropout: float, relu: bool) -> None:
-        super().__init__()
-        self.relu = relu
-        self.LayerNorm = nn.LayerNorm(in_dim)
-        self.net = nn.Sequential(Dropout(dropout), nn.Linear(in_dim, out_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, L, in_dim) -> (B, L, out_dim)."""
-        x = self.net(self.LayerNorm(x))
-        return F.relu(x) if self.relu else x
-
-
 def _projection(in_dim: int, cfg: QDDETRConfig) -> nn.Sequential:
-    dims = [in_dim] + [cfg.hidden_dim] * cfg.n_input_proj
-    return nn.Sequential(
-        *[
-            InputProjection(dims[i], dims[i + 1], cfg.input_dropout, relu=i < cfg.n_input_proj - 1)
-            for i in range(cfg.n_input_proj)
-        ]
-    )
+    return input_projection(in_dim, cfg.hidden_dim, cfg.n_input_proj, cfg.input_dropout)
 
 
 class Transformer(nn.Module):
