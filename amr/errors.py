@@ -39,3 +39,7 @@ def os_error_behind(e: BaseException | None) -> OSError | None:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
+
+
+class MissingExtra(ImportError):
+    """An optional extra is not installed; the message names the ``pip install`` that adds it."""

@@ -154,6 +154,9 @@ def test_a_wrong_width_file_and_other_features_are_one_line(custom_run, tmp_path
     torch.save(obj, same)
     with pytest.raises(InputError, match="trained on m2d features, given msclap2023 features"):
         Checkpoint.read(same).model(Encoder())
+    # features=custom without its widths: refused, not read at some default width
+    with pytest.raises(ValueError, match="features.audio_dim is not set: give the width of your custom features"):
+        train(_cfg(tmp_path, "w", "features=custom"))
     # the network's widths follow the features group; set apart from it, they are refused
     with pytest.raises(ValueError, match="model.aud_dim must be 1024, the features.audio_dim of custom features"):
         train(_cfg(tmp_path, "w", *CUSTOM, "model.aud_dim=768"))

@@ -130,3 +130,34 @@ def test_the_laion_option_names_its_folders_and_widths() -> None:
     from amr.data.features import EXTRACTED
 
     assert tuple(ENCODERS) == EXTRACTED  # the names amr extracts are the ones it can build
+
+
+def test_a_missing_extra_is_one_line(tmp_path) -> None:
+    """``--encoder laion_clap`` without the laion extra: one line naming the pip install, no traceback."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    (tmp_path / "wavs").mkdir()
+    sf.write(tmp_path / "wavs" / "a.wav", np.full(48_000 * 2, 0.1, dtype=np.float32), 48_000)
+    code = (
+        "import sys; sys.modules['laion_clap'] = None; sys.modules['laion_clap.hook'] = None; "
+        "from amr.cli import main; main(sys.argv[1:])"
+    )
+    argv = [
+        "extract-audio",
+        "--encoder",
+        "laion_clap",
+        "--audio-dir",
+        str(tmp_path / "wavs"),
+        "--out",
+        str(tmp_path / "f"),
+    ]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        "error: LAION-CLAP feature extraction needs the optional extra: pip install -e '.[laion]'"
+    )
+    assert "Traceback" not in proc.stderr

@@ -20,6 +20,8 @@ import sys
 import types
 from typing import Any
 
+from amr.errors import MissingExtra
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def import_msclap() -> types.ModuleType:
     try:
         import msclap.models.clap as clap_models
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtra(
             f"MS-CLAP feature extraction needs the optional extra: pip install -e '.[clap]' ({e})"
         ) from None
     return clap_models
@@ -130,7 +132,7 @@ def import_laion() -> types.ModuleType:
     try:
         import laion_clap.hook as hook
     except ImportError as e:
-        raise ImportError(
+        raise MissingExtra(
             f"LAION-CLAP feature extraction needs the optional extra: pip install -e '.[laion]' ({e})"
         ) from None
     return hook

@@ -82,6 +82,9 @@ class LaionEncoder:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
+        from amr.clap.compat import import_laion
+
+        import_laion()  # a missing extra is said first
         if weights is None:
             from huggingface_hub import hf_hub_download
 

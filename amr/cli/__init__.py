@@ -12,7 +12,7 @@ from amr.cli.common import add_decode_options, calibrator_option, clap_options, 
 from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
-from amr.errors import InputError, os_error_behind, os_error_line
+from amr.errors import InputError, MissingExtra, os_error_behind, os_error_line
 from amr.io import at_least_one, check_output, file_name
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except InputError as e:
+    except (InputError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as e:  # read-only or full output folder, ... (perhaps wrapped by torch)

@@ -112,7 +112,8 @@ class TrainConfig:
     experiment_name: str = "default"
     seed: int = 2023
     data: DataCfg = MISSING
-    features: FeaturesCfg = field(default_factory=FeaturesCfg)  # the encoder whose features both stages read
+    # the encoder whose features both stages read; its widths are the group option's (0: not given)
+    features: FeaturesCfg = field(default_factory=lambda: FeaturesCfg(audio_dim=0, text_dim=0))
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     train: StageCfg = field(default_factory=StageCfg)
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -301,15 +302,20 @@ def _validate_keys(cfg: DictConfig) -> None:
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: not a setting of the training config (misspelt?)")
     _in(cfg.monitor, tuple(SHORT_NAMES.values()), "monitor")
+    for width in ("features.audio_dim", "features.text_dim"):
+        if OmegaConf.select(cfg, width) == 0:
+            raise ValueError(
+                f"{width} is not set: give the width of your {cfg.features.name} features "
+                f"(features={cfg.features.name} features.audio_dim=N features.text_dim=N)"
+            )
+        if OmegaConf.select(cfg, width) < 1:
+            raise ValueError(f"{width} must be at least 1, got {OmegaConf.select(cfg, width)}")
     for key, width in (("model.aud_dim", "features.audio_dim"), ("model.txt_dim", "features.text_dim")):
         if OmegaConf.select(cfg, key) != OmegaConf.select(cfg, width):
             raise ValueError(
                 f"{key} must be {OmegaConf.select(cfg, width)}, the {width} of {cfg.features.name} features, "
                 f"got {OmegaConf.select(cfg, key)}"
             )
-    for width in ("features.audio_dim", "features.text_dim"):
-        if OmegaConf.select(cfg, width) < 1:
-            raise ValueError(f"{width} must be at least 1, got {OmegaConf.select(cfg, width)}")
 
 
 def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
