@@ -1,7 +1,9 @@
-"""Parity with lighthouse's Moment-DETR on fixed inputs (../shared/parity/lighthouse, hidden 32;
-``AMR_LIGHTHOUSE_FIXTURES=DIR`` reads another folder produced the same way): eval outputs and
-auxiliary outputs, Hungarian indices of every layer, every loss term and the weighted total,
-gradients of the total, post-processed windows and saliency."""
+"""Parity with lighthouse's Moment-DETR and CG-DETR on fixed inputs (../shared/parity/lighthouse,
+hidden 32; ``AMR_LIGHTHOUSE_FIXTURES=DIR`` reads another folder produced the same way).
+
+Moment-DETR: eval outputs and auxiliary outputs, Hungarian indices of every layer, every loss
+term and the weighted total, gradients of the total, post-processed windows and saliency.
+CG-DETR: the inference call (lighthouse's predictor path) and its post-processing."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from amr.model.cg_detr import CGDETR, CGDETRConfig
 from amr.model.criterion import HingeSaliencyCriterion, official_weight_dict
 from amr.model.matcher import HungarianMatcher
 from amr.model.moment_detr import MomentDETR, MomentDETRConfig
@@ -104,3 +107,50 @@ def test_moment_detr_post_processing_matches_lighthouse(moment_detr) -> None:
         assert windows[b] == io[f"post.windows.{b}"].tolist()
         saliency = out["saliency_scores"][b, :n].detach().half().float()
         assert torch.equal(saliency, io[f"post.saliency.{b}"])
+
+
+def _cg_config(state: dict[str, torch.Tensor]) -> CGDETRConfig:
+    """Depths and counts from the weights; heads as for Moment-DETR."""
+    d = state["query_embed.weight"].shape[0], state["global_rep_token"].shape[1]
+
+    def layers(prefix: str) -> int:
+        return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+    return CGDETRConfig(
+        hidden_dim=d[1],
+        nheads=4 if d[1] == 32 else 8,
+        num_queries=d[0],
+        enc_layers=layers("transformer.encoder.layers."),
+        dec_layers=layers("transformer.decoder.layers."),
+        t2v_layers=layers("transformer.t2v_encoder.layers."),
+        moment_layers=layers("transformer.mcls_encoder.layers."),
+        dummy_layers=layers("txtproj_encoder.layers."),
+        sent_layers=layers("scls_encoder.layers."),
+        num_dummies=state["dummy_rep_token"].shape[0],
+        total_prompts=state["global_rep_token"].shape[0],
+        dim_feedforward=state["transformer.encoder.layers.0.linear1.weight"].shape[0],
+    )
+
+
+def test_cg_detr_inference_matches_lighthouse() -> None:
+    """lighthouse's predictor call (``vid=None, targets=None``, eval mode): every output it returns,
+    the auxiliary layers, and the post-processed windows and saliency."""
+    io, state = _load("cg_detr_io.pt"), _load("cg_detr_state_dict.pt")
+    model = CGDETR(_cg_config(state))
+    model.load_state_dict(state, strict=True)  # 285 tensors: lighthouse's names and shapes
+    model.eval()
+    src_aud = torch.cat([io["input.src_vid"], io["input.src_aud"]], -1)
+    with torch.no_grad():
+        out = model(io["input.src_txt"], io["input.src_txt_mask"], src_aud, io["input.src_vid_mask"])
+    stored = {k[len("infer_out.") :] for k in io if k.startswith("infer_out.") and ".aux_outputs." not in f".{k}"}
+    assert stored <= set(out)
+    for k in stored:
+        torch.testing.assert_close(out[k], io[f"infer_out.{k}"], atol=1e-5, rtol=0, msg=k)
+    for i, aux in enumerate(out["aux_outputs"]):
+        for k in ("pred_logits", "pred_spans"):
+            torch.testing.assert_close(aux[k], io[f"infer_out.aux_outputs.{i}.{k}"], atol=1e-5, rtol=0)
+    lengths = io["input.src_vid_mask"].sum(1).long().tolist()
+    windows = postprocess(out, lengths, max_ts=150.0)
+    for b, n in enumerate(lengths):
+        assert windows[b] == io[f"infer_post.windows.{b}"].tolist()
+        assert torch.equal(out["saliency_scores"][b, :n].half().float(), io[f"infer_post.saliency.{b}"])
