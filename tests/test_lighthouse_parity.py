@@ -3,7 +3,9 @@ hidden 32; ``AMR_LIGHTHOUSE_FIXTURES=DIR`` reads another folder produced the sam
 
 Moment-DETR: eval outputs and auxiliary outputs, Hungarian indices of every layer, every loss
 term and the weighted total, gradients of the total, post-processed windows and saliency.
-CG-DETR: the inference call (lighthouse's predictor path) and its post-processing."""
+CG-DETR: the inference call (lighthouse's predictor path) and its post-processing; the training
+call with negative pairs, and with a duplicated recording id (a false negative): every output,
+matcher indices, every loss term and the total, gradients of the total."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from amr.model.cg_criterion import CGDETRCriterion, cg_weight_dict
 from amr.model.cg_detr import CGDETR, CGDETRConfig
 from amr.model.criterion import HingeSaliencyCriterion, official_weight_dict
 from amr.model.matcher import HungarianMatcher
@@ -132,25 +135,85 @@ def _cg_config(state: dict[str, torch.Tensor]) -> CGDETRConfig:
     )
 
 
-def test_cg_detr_inference_matches_lighthouse() -> None:
-    """lighthouse's predictor call (``vid=None, targets=None``, eval mode): every output it returns,
-    the auxiliary layers, and the post-processed windows and saliency."""
+@pytest.fixture(scope="module")
+def cg_detr() -> tuple[CGDETR, dict]:
     io, state = _load("cg_detr_io.pt"), _load("cg_detr_state_dict.pt")
     model = CGDETR(_cg_config(state))
     model.load_state_dict(state, strict=True)  # 285 tensors: lighthouse's names and shapes
     model.eval()
+    return model, io
+
+
+def _cg_run(model: CGDETR, io: dict, **kwargs) -> dict:
     src_aud = torch.cat([io["input.src_vid"], io["input.src_aud"]], -1)
-    with torch.no_grad():
-        out = model(io["input.src_txt"], io["input.src_txt_mask"], src_aud, io["input.src_vid_mask"])
-    stored = {k[len("infer_out.") :] for k in io if k.startswith("infer_out.") and ".aux_outputs." not in f".{k}"}
+    return model(io["input.src_txt"], io["input.src_txt_mask"], src_aud, io["input.src_vid_mask"], **kwargs)
+
+
+def _same_outputs(out: dict, io: dict, prefix: str) -> None:
+    """Every output lighthouse stored under ``prefix`` (the ones it returns as None are not stored:
+    ours are None or absent too)."""
+    stored = {k[len(prefix) :] for k in io if k.startswith(prefix) and ".aux_outputs." not in f".{k}"}
     assert stored <= set(out)
     for k in stored:
-        torch.testing.assert_close(out[k], io[f"infer_out.{k}"], atol=1e-5, rtol=0, msg=k)
+        ref = io[prefix + k]
+        if ref.dtype == torch.bool:
+            assert out[k].tolist() == ref.tolist(), k
+        else:
+            torch.testing.assert_close(out[k], ref, atol=1e-5, rtol=0, msg=k)
     for i, aux in enumerate(out["aux_outputs"]):
         for k in ("pred_logits", "pred_spans"):
-            torch.testing.assert_close(aux[k], io[f"infer_out.aux_outputs.{i}.{k}"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(aux[k], io[f"{prefix}aux_outputs.{i}.{k}"], atol=1e-5, rtol=0)
+
+
+def test_cg_detr_inference_matches_lighthouse(cg_detr) -> None:
+    """lighthouse's predictor call (``vid=None, targets=None``, eval mode): every output it returns,
+    the auxiliary layers, and the post-processed windows and saliency."""
+    model, io = cg_detr
+    with torch.no_grad():
+        out = _cg_run(model, io)
+    _same_outputs(out, io, "infer_out.")
+    assert out.get("saliency_scores_neg") is None and "memory_moment" not in out
     lengths = io["input.src_vid_mask"].sum(1).long().tolist()
     windows = postprocess(out, lengths, max_ts=150.0)
     for b, n in enumerate(lengths):
         assert windows[b] == io[f"infer_post.windows.{b}"].tolist()
         assert torch.equal(out["saliency_scores"][b, :n].half().float(), io[f"infer_post.saliency.{b}"])
+
+
+@pytest.mark.parametrize(("scenario", "vids"), [("", ["vidA", "vidB", "vidC"]), ("dup_", ["vidA", "vidB", "vidA"])])
+def test_cg_detr_training_path_losses_and_gradients_match_lighthouse(cg_detr, scenario, vids) -> None:
+    """The training call (negative pairs; with ``dup_`` sample 2's negative is its own recording,
+    so the false-negative branch of the saliency loss runs): outputs, matching of every layer,
+    every loss term and the weighted total; and the gradients of the total."""
+    model, io = cg_detr
+    targets = {**_targets(io), "relevant_clips": io["targets.relevant_clips"]}
+    model.zero_grad()
+    out = _cg_run(model, io, vid=vids, targets=targets)
+    _same_outputs(out, io, f"{scenario}out.")
+    matcher = HungarianMatcher(4.0, 10.0, 1.0)
+    layers = [("final", out), *((f"aux{i}", aux) for i, aux in enumerate(out["aux_outputs"]))]
+    for layer, outputs in layers:
+        for b, (pred, tgt) in enumerate(matcher(outputs, targets)):
+            assert pred.tolist() == io[f"{scenario}matcher.{layer}.{b}.pred_idx"].tolist()
+            assert tgt.tolist() == io[f"{scenario}matcher.{layer}.{b}.tgt_idx"].tolist()
+    criterion = CGDETRCriterion(matcher, cg_weight_dict(dec_layers=model.cfg.dec_layers))
+    prefix = f"{scenario}weight."
+    assert criterion.weight_dict == {k[len(prefix) :]: v.item() for k, v in io.items() if k.startswith(prefix)}
+    losses = criterion(out, targets)
+    prefix = f"{scenario}loss."
+    assert set(losses) == {k[len(prefix) :] for k in io if k.startswith(prefix)}
+    for k, v in losses.items():
+        ref = io[prefix + k].item()
+        assert abs(v.item() - ref) <= 1e-5 * max(1.0, abs(ref)), k
+    total = criterion.total(losses)
+    torch.testing.assert_close(total, io[f"{scenario}loss_total"], atol=1e-5, rtol=1e-5)
+    if scenario:  # the gradients are stored for the first scenario
+        return
+    total.backward()
+    grads = _load("cg_detr_grads.pt")
+    params = dict(model.named_parameters())
+    largest = max(g.abs().max().item() for g in grads.values())
+    for k, g in grads.items():
+        assert params[k].grad is not None, k
+        assert (params[k].grad - g).abs().max().item() <= 1e-4 * largest, k
+    assert {k for k, p in params.items() if p.grad is None} == set(params) - set(grads)  # the unused modules

@@ -1,4 +1,4 @@
-"""CG-DETR (Moon et al., 2024) as lighthouse runs it on CLAP audio: the inference path.
+"""CG-DETR (Moon et al., 2024) as lighthouse runs it on CLAP audio.
 
 Frames (2 time features first) and text tokens are projected and tagged with a token type. A small
 encoder turns ``num_dummies`` learned dummy tokens into query-conditioned dummies. The T2V encoder
@@ -7,7 +7,9 @@ words, so the dummies absorb attention a frame does not give to the query. A glo
 built from the learned prompts most similar to the frames (weighted by how much each frame
 attends to the words), the self-attention encoder runs over [global ; frames], and the anchor
 decoder shared with QD-DETR gives spans and logits; saliency scores each frame against the
-global token.
+global token. In training, each sample is also encoded with the next sample's text (a negative
+pair where the recordings differ), and moment and sentence tokens feed the alignment losses
+(:mod:`amr.model.cg_criterion`).
 
 All tensors are batch-first: (B, L, d).
 """
@@ -187,11 +189,10 @@ class CGDETR(nn.Module):
             weights.append(w)
         return vid, torch.stack(weights).mean(0)
 
-    def global_token(self, src_vid: Tensor, vid_mask: Tensor, weights: Tensor) -> Tensor:
+    def global_token(self, src_vid: Tensor, vid_mask: Tensor, weights: Tensor, ctx: Tensor) -> Tensor:
         """(B, 1, d): the ``num_prompts`` prompts most similar to the frames (each frame weighted by
-        the attention it gives the words), summed with their similarity, plus the frames' mean."""
+        the attention it gives the words), summed with their similarity, plus the frames' mean ``ctx``."""
         nd = self.cfg.num_dummies
-        ctx = ((src_vid * vid_mask[..., None]).sum(1) / vid_mask.sum(1, keepdim=True)).detach()[:, None]
         sim = F.cosine_similarity((src_vid - ctx)[:, :, None], self.global_rep_token[None, None], dim=-1)
         sim = sim.softmax(-1)  # (B, Lv, P)
         importance = weights[:, :, nd:].sum(-1).detach() * vid_mask
@@ -207,42 +208,74 @@ class CGDETR(nn.Module):
     def t2v_layers(self) -> list[T2VLayer]:
         return cast(list[T2VLayer], list(self.transformer.t2v_encoder.layers))
 
-    def forward(self, src_txt: Tensor, src_txt_mask: Tensor, src_aud: Tensor, src_aud_mask: Tensor) -> dict:
+    def encode(
+        self,
+        vid: Tensor,
+        vid_pos: Tensor,
+        vid_mask: Tensor,
+        keys: Tensor,
+        key_pos: Tensor,
+        key_mask: Tensor,
+        ctx: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """T2V encoder, global token and self-attention encoder over [global ; frames].
+        vid, vid_pos: (B, Lv, d); keys, key_pos: (B, ND + Lt, d); masks float, 1 = valid; ctx: (B, 1, d).
+        Returns memory_local (B, Lv, d) (the global state added), memory_global (B, 1, d) and the
+        T2V weights (B, Lv, ND + Lt)."""
+        b = vid.shape[0]
+        vid_t2v, weights = self.t2v(vid, vid_pos, vid_mask == 0, keys, key_pos, key_mask == 0)
+        g = self.global_token(vid, vid_mask, weights, ctx)
+        x = torch.cat([g, vid_t2v], 1)
+        pos = torch.cat([self.global_rep_pos.expand(b, -1, -1), vid_pos], 1)
+        pad = torch.cat([vid_mask.new_ones(b, 1), vid_mask], 1) == 0
+        memory = self._encode(self.transformer.encoder, x, pos, pad)
+        return memory[:, 1:] + memory[:, :1], memory[:, :1], weights
+
+    def saliency(self, mem_local: Tensor, mem_global: Tensor) -> Tensor:
+        """(B, Lv): each frame's state against the global token, scaled by 1/sqrt(d)."""
+        proj = self.saliency_proj1(mem_local) * self.saliency_proj2(mem_global)
+        return proj.sum(-1) / math.sqrt(self.cfg.hidden_dim)
+
+    def forward(
+        self,
+        src_txt: Tensor,
+        src_txt_mask: Tensor,
+        src_aud: Tensor,
+        src_aud_mask: Tensor,
+        vid: list[str] | None = None,
+        targets: dict | None = None,
+    ) -> dict:
         """
         Args:
             src_txt: (B, Lt, txt_dim) token features; src_txt_mask: (B, Lt) float, 1 = valid.
             src_aud: (B, Lv, 2 + aud_dim) time features, then frames; src_aud_mask: (B, Lv).
+            vid: the recordings' ids: with them, each sample is also paired with the next sample's
+                text (a negative where the recordings differ). targets: with ``relevant_clips``
+                (B, Lv), the moment and sentence tokens the training losses read.
         Returns:
             pred_logits, pred_spans: (B, Nq, 2); saliency_scores: (B, Lv) (padded frames scored too);
             cate_attn_weights: (B, Lv, ND + Lt); t2vattnvalues: (B, Lv); dummy_tokens: (B, ND, d);
             global_rep_tokens: (P, d); txt_mask: (B, ND + Lt); video_mask: (B, Lv);
-            aux_outputs: list over earlier decoder layers of {pred_logits, pred_spans}.
+            aux_outputs: list over earlier decoder layers of {pred_logits, pred_spans};
+            with ``vid``: real_neg_mask (B,) and, for its rows, saliency_scores_neg, t2vattnvalues_neg
+            (n, Lv), src_txt_mask_neg (n, ND + Lt); with ``targets``: see :meth:`moment_tokens`.
         """
-        nd, d = self.cfg.num_dummies, self.cfg.hidden_dim
-        vid = self.input_vid_proj(src_aud) + self.token_type_embeddings.weight[1]
+        nd = self.cfg.num_dummies
+        frames = self.input_vid_proj(src_aud) + self.token_type_embeddings.weight[1]
         txt = self.input_txt_proj(src_txt) + self.token_type_embeddings.weight[0]
         vid_pos = self.position_embed(src_aud_mask)
         dummy = self.dummies(txt, src_txt_mask)
-        b = vid.shape[0]
+        b = frames.shape[0]
         keys = torch.cat([dummy, txt], 1)
         key_mask = torch.cat([src_txt_mask.new_ones(b, nd), src_txt_mask], 1)
         key_pos = torch.cat([self.dummy_rep_pos.expand(b, -1, -1), torch.zeros_like(txt)], 1)
-        vid_t2v, weights = self.t2v(vid, vid_pos, src_aud_mask == 0, keys, key_pos, key_mask == 0)
-        g = self.global_token(vid, src_aud_mask, weights)
-        x = torch.cat([g, vid_t2v], 1)
-        pos = torch.cat([self.global_rep_pos.expand(b, -1, -1), vid_pos], 1)
-        pad = torch.cat([src_aud_mask.new_ones(b, 1), src_aud_mask], 1) == 0
-        memory = self._encode(self.transformer.encoder, x, pos, pad)
-        mem_global, mem_local = memory[:, :1], memory[:, 1:] + memory[:, :1]
+        ctx = ((frames * src_aud_mask[..., None]).sum(1) / src_aud_mask.sum(1, keepdim=True)).detach()[:, None]
+        mem_local, mem_global, weights = self.encode(frames, vid_pos, src_aud_mask, keys, key_pos, key_mask, ctx)
         anchors = self.query_embed.weight.sigmoid()[None].expand(b, -1, -1)
         hs, refs = self.transformer.decoder(mem_local, vid_pos, (src_aud_mask == 0)[:, None, None, :], anchors)
-        logits = self.class_embed(hs)
-        spans = (self.span_embed(hs) + inverse_sigmoid(refs)).sigmoid()
-        saliency = (self.saliency_proj1(mem_local) * self.saliency_proj2(mem_global)).sum(-1) / math.sqrt(d)
         out = {
-            "pred_logits": logits[-1],
-            "pred_spans": spans[-1],
-            "saliency_scores": saliency,
+            **self.predictions(hs, refs),
+            "saliency_scores": self.saliency(mem_local, mem_global),
             "cate_attn_weights": weights,
             "t2vattnvalues": (weights[:, :, nd:] * src_txt_mask[:, None]).sum(-1).clamp(0, 1),
             "dummy_tokens": dummy,
@@ -251,8 +284,99 @@ class CGDETR(nn.Module):
             "video_mask": src_aud_mask,
             "audio_mask": src_aud_mask,
         }
+        if vid is not None:
+            real = torch.tensor([a != c for a, c in zip(vid, vid[1:] + vid[:1], strict=True)], device=frames.device)
+            out["real_neg_mask"] = real
+            out.update(self.negatives(real, frames, vid_pos, src_aud_mask, keys, key_pos, key_mask, ctx))
+        if targets is not None:
+            out.update(self.moment_tokens(frames, vid_pos, src_aud_mask, txt, src_txt_mask, dummy, targets))
+        return out
+
+    def predictions(self, hs: Tensor, refs: Tensor) -> dict:
+        """Logits and spans (relative to each layer's anchor) of the last decoder layer, and of
+        the earlier ones as ``aux_outputs``. hs: (L, B, Nq, d); refs: (L, B, Nq, 2)."""
+        logits = self.class_embed(hs)
+        spans = (self.span_embed(hs) + inverse_sigmoid(refs)).sigmoid()
+        out: dict = {"pred_logits": logits[-1], "pred_spans": spans[-1]}
         if self.cfg.aux_loss:
             out["aux_outputs"] = [
                 {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
             ]
         return out
+
+    def negatives(
+        self,
+        real: Tensor,
+        frames: Tensor,
+        vid_pos: Tensor,
+        vid_mask: Tensor,
+        keys: Tensor,
+        key_pos: Tensor,
+        key_mask: Tensor,
+        ctx: Tensor,
+    ) -> dict[str, Tensor | None]:
+        """Each sample's frames with the next sample's [dummies ; words] (its dummies included), for
+        the rows whose recordings differ (``real``), encoded again with the sample's own ``ctx``."""
+        if not bool(real.any()):
+            return {"saliency_scores_neg": None, "t2vattnvalues_neg": None}
+        rolled, rolled_mask = keys.roll(-1, 0)[real], key_mask.roll(-1, 0)[real]
+        mem_local, mem_global, weights = self.encode(
+            frames[real], vid_pos[real], vid_mask[real], rolled, key_pos[real], rolled_mask, ctx[real]
+        )
+        words = rolled_mask[:, self.cfg.num_dummies :]
+        return {
+            "saliency_scores_neg": self.saliency(mem_local, mem_global),
+            "t2vattnvalues_neg": (weights[:, :, self.cfg.num_dummies :] * words[:, None]).sum(-1).clamp(0, 1),
+            "src_txt_mask_neg": rolled_mask,
+        }
+
+    def moment_tokens(
+        self,
+        frames: Tensor,
+        vid_pos: Tensor,
+        vid_mask: Tensor,
+        txt: Tensor,
+        txt_mask: Tensor,
+        dummy: Tensor,
+        targets: dict,
+    ) -> dict[str, Tensor]:
+        """The training-only tokens: a sentence token over the words and over the dummies, and a
+        moment token over the relevant frames and over the others (the same token and position).
+
+        Returns memory_moment, nmmemory_moment, sentence_txt, sentence_dummy: (B, d);
+        moment2txt_similarity, nmoment2txt_similarity: (B, Lv, ND + Lt) (each frame's encoded
+        state against the encoded [dummies ; words]); moment_mask: (B, Lv) bool; src_vid (B, Lv, d)."""
+        b, d = frames.shape[0], self.cfg.hidden_dim
+        one = vid_mask.new_ones(b, 1)
+        sent = self.sent_rep_token.expand(b, 1, d)
+        sent_pos = self.sent_rep_pos.expand(b, 1, d)
+        words = self._encode(
+            self.scls_encoder,
+            torch.cat([sent, txt], 1),
+            torch.cat([sent_pos, torch.zeros_like(txt)], 1),
+            torch.cat([one, txt_mask], 1) == 0,
+        )
+        dummies = self._encode(
+            self.scls_encoder,
+            torch.cat([sent, dummy], 1),
+            torch.cat([sent_pos, self.dummy_rep_pos.expand(b, -1, -1)], 1),
+            torch.cat([one, one.expand(-1, dummy.shape[1])], 1) == 0,
+        )
+        proj = torch.cat([dummies[:, 1:], words[:, 1:]], 1)  # (B, ND + Lt, d)
+        relevant = targets["relevant_clips"].clamp(0, 1).bool()
+        x = torch.cat([self.moment_rep_token.expand(b, 1, d), frames], 1)
+        pos = torch.cat([self.moment_rep_pos.expand(b, 1, d), vid_pos], 1)
+        valid = vid_mask.bool()
+        moment = self._encode(self.transformer.mcls_encoder, x, pos, ~torch.cat([one.bool(), valid & relevant], 1))
+        other = self._encode(self.transformer.mcls_encoder, x, pos, ~torch.cat([one.bool(), valid & ~relevant], 1))
+        m_frames, n_frames = moment[:, 1:], other[:, 1:]
+        return {
+            "memory_moment": moment[:, 0],
+            "nmmemory_moment": other[:, 0],
+            "sentence_txt": words[:, 0],
+            "sentence_dummy": dummies[:, 0],
+            "moment2txt_similarity": m_frames @ proj.transpose(1, 2),
+            "nmoment2txt_similarity": n_frames @ proj.transpose(1, 2),
+            "moment_mask": relevant,
+            "src_vid": m_frames * relevant[..., None] + n_frames * (~relevant[..., None]).float(),
+        }
