@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from amr.checkpoints import load_strict, read
-from amr.clap.model import LoadReport, pick_device
+from amr.clap.model import LoadReport, pick_device, weights_file
 from amr.errors import InputError
 
 SAMPLE_RATE = 48_000  # LAION-CLAP's input rate
@@ -85,18 +85,7 @@ class LaionEncoder:
         from amr.clap.compat import import_laion
 
         import_laion()  # a missing extra is said first
-        if weights is None:
-            from huggingface_hub import hf_hub_download
-
-            try:
-                weights = hf_hub_download(HUB_REPO, HUB_FILE)
-            except Exception as e:
-                raise InputError(
-                    f"cannot get {HUB_FILE} ({type(e).__name__}); pass --clap-weights PATH", HUB_REPO
-                ) from None
-        path = Path(weights)
-        if not path.is_file():
-            raise InputError("LAION-CLAP weights file not found", path)
+        path = weights_file(weights, HUB_REPO, HUB_FILE, "LAION-CLAP")
         state, self.amodel = laion_state(path)
         try:
             self.model: Any = new_laion(self.amodel)

@@ -46,6 +46,22 @@ class LoadReport:
         return f"{self.what} weights: {self.loaded} tensors loaded strictly from {self.path}{extra}"
 
 
+def weights_file(weights: str | Path | None, repo: str, file: str, what: str) -> Path:
+    """``weights``, checked to exist; None: ``repo``'s ``file`` from the hub (its cache offline).
+    Either failing is one line, with the way out."""
+    if weights is None:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            weights = hf_hub_download(repo, file)
+        except Exception as e:  # offline, no cache, hub error
+            raise InputError(f"cannot get {file} ({type(e).__name__}); pass --clap-weights PATH", repo) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"{what} weights file not found", path)
+    return path
+
+
 def clap_config() -> dict[str, Any]:
     """msclap's packaged 2023 configuration (imports msclap)."""
     import importlib.resources
@@ -93,18 +109,7 @@ class ClapEncoder:
     def __init__(self, weights: str | Path | None = None, device: str | None = None) -> None:
         cfg = clap_config()
         self.text_len = int(cfg["text_len"])
-        if weights is None:
-            from huggingface_hub import hf_hub_download
-
-            try:
-                weights = hf_hub_download(HUB_REPO, HUB_FILE)
-            except Exception as e:  # offline, no cache, hub error: one line, with the way out
-                raise InputError(
-                    f"cannot get {HUB_FILE} ({type(e).__name__}); pass --clap-weights PATH", HUB_REPO
-                ) from None
-        path = Path(weights)
-        if not path.is_file():
-            raise InputError("MS-CLAP weights file not found", path)
+        path = weights_file(weights, HUB_REPO, HUB_FILE, "MS-CLAP")
         try:
             self.clap: Any = new_clap(cfg)
         except OSError as e:  # msclap resolves its text encoder by hub name, even with local weights

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amr.model.decoder import MLP, Decoder
+from amr.model.decoder import MLP, Decoder, aux_outputs
 from amr.model.dropout import Dropout
 from amr.model.encoder import FFN, LayerStack, SelfAttentionLayer, t2v_blocked
 from amr.model.position import AudioSinePosition, TrainableTextPosition
@@ -299,9 +299,7 @@ class CGDETR(nn.Module):
         spans = (self.span_embed(hs) + inverse_sigmoid(refs)).sigmoid()
         out: dict = {"pred_logits": logits[-1], "pred_spans": spans[-1]}
         if self.cfg.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
-            ]
+            out["aux_outputs"] = aux_outputs(logits, spans)
         return out
 
     def negatives(

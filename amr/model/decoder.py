@@ -30,6 +30,11 @@ class MLP(nn.Module):
         return x
 
 
+def aux_outputs(logits: Tensor, spans: Tensor) -> list[dict[str, Tensor]]:
+    """The outputs of every decoder layer but the last: (L, B, Nq, 2) each -> L - 1 dicts."""
+    return [{"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)]
+
+
 class DecoderLayer(FFN):
     """Self-attention among queries, then cross-attention to audio memory, then FFN (post-norm).
 

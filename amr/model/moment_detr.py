@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amr.model.decoder import MLP
+from amr.model.decoder import MLP, aux_outputs
 from amr.model.dropout import Dropout
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.projection import input_projection
@@ -177,7 +177,5 @@ class MomentDETR(nn.Module):
             "audio_mask": src_aud_mask,
         }
         if self.cfg.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
-            ]
+            out["aux_outputs"] = aux_outputs(logits, spans)
         return out

@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from amr.model.decoder import MLP, Decoder
+from amr.model.decoder import MLP, Decoder, aux_outputs
 from amr.model.encoder import LayerStack, SelfAttentionLayer, T2VMask, TextToAudioLayer, t2v_blocked
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.projection import input_projection
@@ -168,9 +168,7 @@ class QDDETR(nn.Module):
             "audio_mask": src_aud_mask,
         }
         if self.cfg.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": lg, "pred_spans": sp} for lg, sp in zip(logits[:-1], spans[:-1], strict=True)
-            ]
+            out["aux_outputs"] = aux_outputs(logits, spans)
         return out
 
 
