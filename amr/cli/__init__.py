@@ -180,7 +180,8 @@ def _predict(args: argparse.Namespace) -> None:
     for q in args.query or []:
         check_query(q, "--query")
     decode = parse_decode(args.decode, args.set)
-    encoder = Checkpoint.read(args.ckpt).encoder  # the features it reads: its own encoder's
+    checkpoint = Checkpoint.read(args.ckpt)  # read once, here and by the Predictor
+    encoder = checkpoint.encoder  # the features it reads: its own encoder's
     if args.query and not encoder.extracted:
         raise InputError(
             f"the checkpoint reads {encoder.name} features, which amr does not compute from text: "
@@ -191,7 +192,7 @@ def _predict(args: argparse.Namespace) -> None:
     queries += [(str(f), load_npz_array(f, TEXT_KEY, encoder.text_dim)) for f in args.query_features or []]
     recording = read_recording(args.audio, args.centered, encoder)  # bad audio fails before any model loads
     predictor = Predictor(
-        args.ckpt,
+        checkpoint,
         args.clap_weights,
         args.device,
         args.centered,

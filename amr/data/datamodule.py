@@ -56,18 +56,16 @@ def ensure_dataset(data_cfg: Any, encoder: Encoder | None = None) -> Layout:
     synth = data_cfg.get("synthetic")
     if synth is None:
         return layout
-    if layout.annotations(data_cfg.splits.test).is_file():
-        if Path(synth.root).resolve() == layout.root.resolve() and not has_features(layout):
-            derive_features(layout, synth.seed)
-        return layout
-    if Path(synth.root).resolve() != layout.root.resolve():
-        raise InputError(
-            f"no {data_cfg.name} dataset here (no {layout.annotations(data_cfg.splits.test).name}); "
-            f"a synthetic set is generated only at its own root, data.synthetic.root={synth.root}",
-            layout.root,
-        )
-    generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
-    if not has_features(layout):
+    own_root = Path(synth.root).resolve() == layout.root.resolve()
+    if not layout.annotations(data_cfg.splits.test).is_file():
+        if not own_root:
+            raise InputError(
+                f"no {data_cfg.name} dataset here (no {layout.annotations(data_cfg.splits.test).name}); "
+                f"a synthetic set is generated only at its own root, data.synthetic.root={synth.root}",
+                layout.root,
+            )
+        generate(layout.root, preset=synth.preset, seed=synth.seed, scale=synth.scale)
+    if own_root and not has_features(layout):
         derive_features(layout, synth.seed)
     return layout
 

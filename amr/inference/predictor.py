@@ -185,7 +185,7 @@ class Predictor:
     """A trained checkpoint plus (lazily) MS-CLAP, answering text queries on recordings.
 
     Args:
-        ckpt: amr checkpoint.
+        ckpt: amr checkpoint (a path, or one already read).
         clap_weights: local MS-CLAP 2023 weights; None downloads msclap's default.
         device: "cpu", "cuda", ...; default CUDA when present.
         centered: make audio features with 0.5 s padding (as Clotho-Moment's); CASTELLA's are not.
@@ -196,7 +196,7 @@ class Predictor:
 
     def __init__(
         self,
-        ckpt: str | Path,
+        ckpt: str | Path | Checkpoint,
         clap_weights: str | Path | None = None,
         device: str | None = None,
         centered: bool = False,
@@ -209,7 +209,7 @@ class Predictor:
 
         at_least_one(max_frames, "max_frames", MIN_WINDOW, WINDOW_WHY)
         self.device = pick_device(device)
-        checkpoint = Checkpoint.read(ckpt)
+        checkpoint = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.read(ckpt)
         self.encoder = checkpoint.encoder  # the features it reads: its own encoder's
         self.model = checkpoint.model(self.encoder).to(self.device)
         self.decode, self.calibrator, self.decoding = decoding(checkpoint, decode, calibrator)

@@ -52,17 +52,14 @@ class CGDETRCriterion(SetCriterion):
         super().__init__(matcher, weight_dict, eos_coef=eos_coef, saliency_margin=saliency_margin)
         self.lw_wattn = lw_wattn
 
-    def hinge(self, scores: Tensor, targets: dict) -> Tensor:
-        return self.saliency_hinge(scores, targets)
-
     def loss_saliency(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
         mask = outputs["video_mask"]
         labels = targets["saliency_all_labels"]
         s, a = outputs["saliency_scores"], outputs["t2vattnvalues"]
         bce = F.binary_cross_entropy(a.reshape(-1), labels.clamp(0, 1).reshape(-1))  # padding included
         if outputs.get("saliency_scores_neg") is None:  # no negative pair (no ids, or one recording)
-            own = self.hinge(s, targets) + rank_contrastive(s, labels, mask)
-            attn = rank_contrastive(a, labels, mask) + bce + self.hinge(a, targets)
+            own = self.saliency_hinge(s, targets) + rank_contrastive(s, labels, mask)
+            attn = rank_contrastive(a, labels, mask) + bce + self.saliency_hinge(a, targets)
             return {"loss_saliency": own + self.lw_wattn * attn}
         real = outputs["real_neg_mask"]
         s_neg, a_neg = outputs["saliency_scores_neg"], outputs["t2vattnvalues_neg"]
@@ -74,11 +71,11 @@ class CGDETRCriterion(SetCriterion):
         if bool(fake.any()):  # rows paired with their own recording: contrasted on their own scores
             pick = (lambda x: x[fake][None]) if int(fake.sum()) == 1 else (lambda x: x[fake])
             rank = rank + rank_contrastive(pick(s), pick(labels), pick(mask))
-        sal = self.hinge(s, targets) + rank + neg_pair
+        sal = self.saliency_hinge(s, targets) + rank + neg_pair
         # the attention branch; lighthouse's false-negative term here reaches no loss (its source)
         neg_pair_a = (-torch.log(1.0 - a_neg) * m_real).sum(1).mean()
         rank_a = rank_contrastive(torch.cat([a[real], a_neg], 1), both_labels, m_real.repeat(1, 2))
-        attn = rank_a + bce + neg_pair_a + self.hinge(a, targets)
+        attn = rank_a + bce + neg_pair_a + self.saliency_hinge(a, targets)
         return {"loss_saliency": sal + self.lw_wattn * attn}
 
     @staticmethod
