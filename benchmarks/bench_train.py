@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from amr.model import QDDETR, build_criterion
+from amr.model import build, network_inputs
+from amr.model import criterion as build_criterion_of
 from amr.model.matcher import SOLVERS, HungarianMatcher
 from amr.runtime import tune_allocator
 from amr.training.module import FULL_PRECISION, adamw
@@ -21,6 +22,7 @@ from benchmarks.common import median_time, peak_rss_mb, table, update_report
 
 SHAPES = {"clotho_moment": (61, 61), "castella": (120, 300)}  # (min, max) audio frames per sample
 PAIRED = {"clotho_moment": (6, 5), "castella": (3, 3)}  # CPU (rounds, block) beside the official code
+NETWORKS = ("qd_detr", "moment_detr", "cg_detr")  # the model group's networks (their configs' defaults)
 
 
 def make_batch(b: int, frames: tuple[int, int], device: str, seed: int = 0) -> tuple[dict, dict]:
@@ -118,21 +120,29 @@ def grad_scaler(precision: str) -> torch.amp.GradScaler | None:
 
 
 def our_step(
-    device: str, precision: str, shape: str, batch: int = 32, matcher: str = "scipy", compile_mode: str | None = None
+    device: str,
+    precision: str,
+    shape: str,
+    batch: int = 32,
+    matcher: str = "scipy",
+    compile_mode: str | None = None,
+    network: str = "qd_detr",
 ) -> tuple[Callable[[], None], int]:
-    """A timed step of amr's model on a fixed batch (the network compiled in ``compile_mode`` when
-    given, as ``compile=MODE`` does), and its FLOPs."""
+    """A timed step of amr's model (``model=network`` at its group's sizes) on a fixed batch (the
+    network compiled in ``compile_mode`` when given, as ``compile=MODE`` does), and its FLOPs."""
     torch.manual_seed(0)
-    model = QDDETR().to(device).train()
-    criterion = build_criterion(matcher=matcher).to(device)
+    settings = {"name": network}
+    model = build(settings)[0].to(device).train()
+    criterion = build_criterion_of(settings, {"matcher": matcher}).to(device)
     # as the LightningModule builds it: fused only at full precision
     opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=precision in FULL_PRECISION)
     inputs, targets = make_batch(batch, SHAPES[shape], device)
+    collated = {"inputs": inputs, "targets": targets, "meta": [{"vid": f"v{i}"} for i in range(batch)]}
     cast = autocast(device, precision)
 
     def loss() -> torch.Tensor:
-        with cast():
-            return criterion.total(criterion(model(**inputs), targets))
+        with cast():  # the batch in the network's own layout, as the training module gives it
+            return criterion.total(criterion(model(**network_inputs(model, collated)), targets))
 
     with FlopCounterMode(display=False) as fc:
         loss().backward()
@@ -220,9 +230,15 @@ def step_key(device: str, precision: str, shape: str) -> str:
 
 
 def bench_step(
-    device: str, precision: str, shape: str, batch: int = 32, steps: int = 8, matcher: str = "scipy"
+    device: str,
+    precision: str,
+    shape: str,
+    batch: int = 32,
+    steps: int = 8,
+    matcher: str = "scipy",
+    network: str = "qd_detr",
 ) -> dict:
-    step, flops = our_step(device, precision, shape, batch, matcher)
+    step, flops = our_step(device, precision, shape, batch, matcher, network=network)
     t = median_time(step, repeat=steps, warmup=2)
     return {"median_s": t, "flops": flops, "gflops_per_s": flops / t / 1e9}
 
@@ -335,6 +351,11 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{100 * r['share_of_matmul_peak']:.0f}%",
                     ]
                 )
+        for network in NETWORKS[1:]:  # the other networks' steps at full precision
+            for shape in SHAPES:
+                key = f"{step_key(device, '32-true', shape)}-{network}"
+                r = res[key] = bench_step(device, "32-true", shape, steps=8 if device == "cpu" else 30, network=network)
+                rows.append([key, f"{r['median_s']:.4f}", f"{r['flops'] / 1e9:.1f}", f"{r['gflops_per_s']:.1f}", ""])
         if device == "cuda":  # the exact on-device matcher in the step
             for precision in precisions:
                 for shape in SHAPES:

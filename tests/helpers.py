@@ -29,6 +29,18 @@ GOOD = {"a": (3.4, 32_000, 1), "b": (2.0, 48_000, 2), "c": (1.5, 44_100, 1), "lo
 CAPTIONS = {"q1": "A dog barks loudly", "q2": "rain falls softly outside", "q3": "A dog barks loudly"}
 
 
+def debug_config(root: Path, run: str, *overrides: str, logger: str = "csv"):
+    """The composed training config of a ``debug=fast`` run written to ``root/run`` (data and caches
+    under ``root``)."""
+    from hydra import compose, initialize_config_dir
+
+    from amr.training.run import CONF_DIR
+
+    base = ["debug=fast", f"logger={logger}", f"paths.root={root}", f"paths.output_dir={root / run}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[*base, *overrides])
+
+
 def run_python(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:
     """``python ARGS`` in the offline environment of the tiny MS-CLAP under ``root``."""
     env = {**os.environ, **offline_env(root), "WANDB_MODE": "disabled"}
@@ -51,11 +63,12 @@ def wav_sample_rate_zero(path: Path) -> None:
 
 def random_checkpoint(path: Path, **model) -> Path:
     """A weights-only amr checkpoint of a randomly initialised network (Lightning's layout)."""
-    from amr.training.config import LossCfg, ModelCfg, OptimCfg
+    from amr.model import QDDETRConfig
+    from amr.training.config import LossCfg, OptimCfg
     from amr.training.module import MomentRetrievalModule
 
     torch.manual_seed(0)
-    m = MomentRetrievalModule(model=asdict(ModelCfg(**model)), loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
+    m = MomentRetrievalModule(model=asdict(QDDETRConfig(**model)), loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
     return path
 

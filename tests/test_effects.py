@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amr.cli import build_parser
 from amr.inference.decoders import DecodeConfig, decode_batch
-from amr.model import QDDETR, LossConfig, QDDETRConfig, build_criterion
+from amr.model import MODELS, LossConfig, QDDETRConfig, build, build_criterion, criterion, network_inputs
 from amr.training.config import OptimCfg, StageCfg, TrainConfig
 from amr.training.module import optimisers
 from amr.training.run import CONF_DIR
@@ -46,11 +46,20 @@ FREE_FORM = ("trainer", "logger", "callbacks")  # name -> Lightning object: thei
 # --- what the code offers ------------------------------------------------------------------------
 
 
+def model_keys() -> list[str]:
+    """``model.name`` and every setting of every network of the ``model`` group's registry."""
+    return sorted({"name"} | {f.name for spec in MODELS.values() for f in dataclasses.fields(spec.config)})
+
+
 def schema_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """Every leaf key of a schema dataclass (a free-form dict is one key)."""
+    """Every leaf key of a schema dataclass (a free-form dict is one key; ``model`` is each
+    network's settings, see :func:`model_keys`)."""
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if issubclass(cls, TrainConfig) and f.name == "model":
+            out += [f"model.{k}" for k in model_keys()]
+            continue
         kinds = [t for t in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(t)]
         out += schema_keys(kinds[0], f"{prefix}{f.name}.") if kinds else [prefix + f.name]
     return out
@@ -81,7 +90,7 @@ SMALL_NET = {"hidden_dim": 32, "nheads": 4, "dim_feedforward": 64, "aud_dim": 24
 MODEL_CHANGES: dict[str, Any] = {
     "hidden_dim": 48,
     "nheads": 8,
-    "enc_layers": 3,
+    "enc_layers": [3, 1],  # the first value other than the network's own
     "dec_layers": 1,
     "dim_feedforward": 96,
     "dropout": 0.3,
@@ -93,7 +102,17 @@ MODEL_CHANGES: dict[str, Any] = {
     "max_q_l": 20,
     "aux_loss": False,
     "t2v_mask": "per_sample",
+    # CG-DETR's own
+    "t2v_layers": 1,
+    "sent_layers": 2,
+    "moment_layers": 2,
+    "dummy_layers": 1,
+    "num_dummies": 5,
+    "total_prompts": 6,
+    "num_prompts": 3,
 }
+# network settings that weigh loss terms (CG-DETR's): -> a value other than the default
+MODEL_LOSS_CHANGES: dict[str, float] = {"lw_wattn": 3.0, "lw_ms_align": 3.0, "lw_distill": 3.0}
 # loss key -> (a base that reads it, a value other than the base's)
 LOSS_CHANGES: dict[str, tuple[dict[str, Any], Any]] = {
     "set_cost_class": ({}, 0.0),
@@ -131,42 +150,80 @@ PRETRAIN_DATA = "pretrain.data."
 
 
 def exercised_here() -> set[str]:
-    keys = {f"model.{k}" for k in MODEL_CHANGES} | {f"loss.{k}" for k in LOSS_CHANGES}
+    keys = {f"model.{k}" for k in (*MODEL_CHANGES, *MODEL_LOSS_CHANGES)} | {f"loss.{k}" for k in LOSS_CHANGES}
     keys |= {f"decode.{k}" for k in DECODE_CHANGES} | {f"optim.{k}" for k in OPTIM_CHANGES}
     keys |= {f"{s}.{k}" for s in ("train", "pretrain") for k in STAGE_CHANGES} | set(FEEDS)
     return keys | {k for k in schema_keys() if k.startswith(PRETRAIN_DATA)}
 
 
-def _net_fingerprint(**changes: Any) -> tuple[dict[str, tuple], dict[str, torch.Tensor]]:
-    cfg = QDDETRConfig(**{**SMALL_NET, **changes})
-    torch.manual_seed(0)
-    net = QDDETR(cfg).train()
+def _model_batch(txt_dim: int, aud_dim: int) -> dict[str, Any]:
+    """A collated batch of two items in the official layout, with training targets."""
     g = torch.Generator().manual_seed(1)
-    txt_mask = torch.tensor([[1.0] * 5 + [0.0] * 2, [1.0] * 7])
-    aud_mask = torch.tensor([[1.0] * 9 + [0.0] * 3, [1.0] * 12])
-    inputs = {
-        "src_txt": torch.randn(2, 7, cfg.txt_dim, generator=g),
-        "src_txt_mask": txt_mask,
-        "src_aud": torch.randn(2, 12, cfg.aud_dim + 2, generator=g),
-        "src_aud_mask": aud_mask,
+    sal = torch.zeros(2, 12)
+    sal[:, 3:6] = 1.0
+    return {
+        "inputs": {
+            "src_txt": torch.randn(2, 7, txt_dim, generator=g),
+            "src_txt_mask": torch.tensor([[1.0] * 5 + [0.0] * 2, [1.0] * 7]),
+            "src_aud": torch.randn(2, 12, aud_dim + 2, generator=g),
+            "src_aud_mask": torch.tensor([[1.0] * 9 + [0.0] * 3, [1.0] * 12]),
+        },
+        "meta": [{"vid": "a"}, {"vid": "b"}],
+        "targets": {
+            "span_labels": [{"spans": torch.tensor([[0.4, 0.2]])}, {"spans": torch.tensor([[0.5, 0.3]])}],
+            "saliency_pos_labels": torch.tensor([[3, 4], [4, 5]]),
+            "saliency_neg_labels": torch.tensor([[0, 8], [9, 11]]),
+            "saliency_all_labels": sal,
+        },
     }
+
+
+def _net_fingerprint(name: str, **changes: Any) -> tuple[dict[str, tuple], dict[str, torch.Tensor]]:
+    """The weight shapes of a small network of ``model.name=name``, and its training-mode outputs
+    (training path included) on a fixed batch."""
+    settings = {"name": name, **SMALL_NET, **changes}
+    torch.manual_seed(0)
+    net, cfg = build(settings)
+    batch = _model_batch(cfg.txt_dim, cfg.aud_dim)
     torch.manual_seed(2)
-    out = net(**inputs)
+    out = net.train()(**network_inputs(net, batch))
     shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     flat = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
     flat["aux"] = torch.tensor(float(len(out.get("aux_outputs", []))))
     return shapes, flat
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(QDDETRConfig)])
-def test_model_setting_changes_the_network(field: str) -> None:
+def _settings_of_each_model() -> list[tuple[str, str]]:
+    return [(name, f.name) for name, spec in MODELS.items() for f in dataclasses.fields(spec.config)]
+
+
+@pytest.mark.parametrize(("name", "field"), _settings_of_each_model())
+def test_model_setting_changes_the_network(name: str, field: str) -> None:
+    """Every setting of every network (``model=qd_detr|moment_detr|cg_detr``) changes its weights
+    or its outputs, or (CG-DETR's loss weights) its loss."""
+    if field in MODEL_LOSS_CHANGES:
+        before, after = _model_loss(name), _model_loss(name, **{field: MODEL_LOSS_CHANGES[field]})
+        assert before != after, f"model.{field} did not change the loss of {name}"
+        return
     assert field in MODEL_CHANGES, f"model.{field} is new: give MODEL_CHANGES a value to test it with"
-    shapes, outputs = _net_fingerprint()
-    shapes2, outputs2 = _net_fingerprint(**{field: MODEL_CHANGES[field]})
+    own = getattr(build({"name": name, **SMALL_NET})[1], field)
+    value = next(v for v in np.atleast_1d(MODEL_CHANGES[field]).tolist() if v != own)
+    shapes, outputs = _net_fingerprint(name)
+    shapes2, outputs2 = _net_fingerprint(name, **{field: value})
     same_outputs = outputs.keys() == outputs2.keys() and all(
         outputs[k].shape == outputs2[k].shape and torch.equal(outputs[k], outputs2[k]) for k in outputs
     )
-    assert shapes != shapes2 or not same_outputs, f"model.{field} changed neither weights nor outputs"
+    assert shapes != shapes2 or not same_outputs, f"model.{field} changed neither weights nor outputs of {name}"
+
+
+def _model_loss(name: str, **changes: Any) -> float:
+    settings = {"name": name, **SMALL_NET, **changes}
+    torch.manual_seed(0)
+    net, cfg = build(settings)
+    batch = _model_batch(cfg.txt_dim, cfg.aud_dim)
+    out = net.eval()(**network_inputs(net, batch))
+    crit = criterion(settings, {})
+    return float(crit.total(crit(out, batch["targets"])).detach())
 
 
 def _loss_case() -> tuple[dict, dict]:
@@ -359,6 +416,7 @@ ELSEWHERE: dict[str, str] = {
     "hydra=default": "test_effects.py::test_hydra_and_paths_groups_place_the_run",
     "paths=default": "test_effects.py::test_hydra_and_paths_groups_place_the_run",
     "model=qd_detr": "test_effects.py::test_model_group_is_the_official_network",
+    "model.name": "test_models.py::test_each_model_trains_a_two_stage_system1_and_its_checkpoint_serves",
     "resynth=castella_like": "test_resynth_castella.py::test_castella_like_run_labels_mixture_and_settings",
     # amr commands
     "amr synth --[ps]*": "test_effects.py::test_synthetic_settings_change_the_generated_set",
@@ -785,4 +843,6 @@ def test_model_group_is_the_official_network() -> None:
     """``model=qd_detr`` composes the official network's settings (the schema defaults, which the
     parity tests check against the official model), its widths those of the default features."""
     cfg = _compose(CONF_DIR, "model=qd_detr")
-    assert QDDETRConfig(**OmegaConf.to_container(cfg.model, resolve=True)) == QDDETRConfig()  # type: ignore[arg-type]
+    settings = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(settings, dict) and settings.pop("name") == "qd_detr"
+    assert QDDETRConfig(**settings) == QDDETRConfig()  # type: ignore[arg-type]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from amr.checkpoints import Checkpoint
 from amr.cli import main
@@ -22,18 +21,10 @@ from amr.data.dataset import SplitData
 from amr.data.features import AUDIO_KEY, TEXT_KEY, Encoder
 from amr.data.synth import custom_encoder
 from amr.errors import InputError
-from amr.training.run import CONF_DIR, train
-from tests.helpers import random_checkpoint
+from amr.training.run import train
+from tests.helpers import debug_config, random_checkpoint
 
 CUSTOM = ["features=custom", "features.audio_dim=1024", "features.text_dim=512"]
-
-
-def _cfg(root: Path, run: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=["debug=fast", "logger=csv", f"paths.root={root}", f"paths.output_dir={root / run}", *overrides],
-        )
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
     """``amr-train debug=fast features=custom features.audio_dim=1024 features.text_dim=512``: the
     synthetic default gets a feature set of those widths, and both stages train on it."""
     root = tmp_path_factory.mktemp("encoders")
-    train(_cfg(root, "run", *CUSTOM))
+    train(debug_config(root, "run", *CUSTOM))
     return root, root / "run"
 
 
@@ -145,7 +136,7 @@ def test_a_wrong_width_file_and_other_features_are_one_line(custom_run, tmp_path
             match="the model expects 1024-d audio and 512-d text features; "
             "msclap2023 features are 768-d audio and 768-d text",
         ):
-            train(_cfg(tmp_path, "other", "experiment=castella_only", *how))
+            train(debug_config(tmp_path, "other", "experiment=castella_only", *how))
     assert not (tmp_path / "other").exists()
     # the same widths, another encoder (features.name): refused by name
     same = random_checkpoint(tmp_path / "m.ckpt")
@@ -156,10 +147,10 @@ def test_a_wrong_width_file_and_other_features_are_one_line(custom_run, tmp_path
         Checkpoint.read(same).model(Encoder())
     # features=custom without its widths: refused, not read at some default width
     with pytest.raises(ValueError, match="features.audio_dim is not set: give the width of your custom features"):
-        train(_cfg(tmp_path, "w", "features=custom"))
+        train(debug_config(tmp_path, "w", "features=custom"))
     # the network's widths follow the features group; set apart from it, they are refused
     with pytest.raises(ValueError, match="model.aud_dim must be 1024, the features.audio_dim of custom features"):
-        train(_cfg(tmp_path, "w", *CUSTOM, "model.aud_dim=768"))
+        train(debug_config(tmp_path, "w", *CUSTOM, "model.aud_dim=768"))
 
 
 def test_synth_writes_a_second_feature_set_of_other_widths(tmp_path, capsys) -> None:
@@ -184,7 +175,7 @@ def test_synth_writes_a_second_feature_set_of_other_widths(tmp_path, capsys) -> 
     # features.audio / features.text name the folders read
     from amr.data.datamodule import ensure_dataset
 
-    data = _cfg(tmp_path, "x", "features=custom", "features.audio_dim=8", "features.text_dim=8").data
+    data = debug_config(tmp_path, "x", "features=custom", "features.audio_dim=8", "features.text_dim=8").data
     enc = Encoder("mine", "m2d", "m2d_text", 8, 8)
     layout = ensure_dataset(data, enc)
     assert _width(layout.root / "features" / "castella" / "m2d", AUDIO_KEY) == 8

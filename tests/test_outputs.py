@@ -87,6 +87,10 @@ def _cases(w: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
             ["convert-official", str(root / "official.pth"), str(root / "official.pth")],
             same,
         ),
+        "convert-lighthouse": (
+            ["convert-lighthouse", str(root / "official.pth"), str(root / "official.pth")],
+            same,
+        ),
         "export": (["export", str(best), str(best)], same),
     }
 

@@ -95,7 +95,22 @@ def test_a_zero_length_window_is_never_a_moment(tmp_path, monkeypatch) -> None:
 
     p = Predictor(random_checkpoint(tmp_path / "model.ckpt"), device="cpu")
     rows = [[5.0, 5.0, 0.9], [2.0, 6.0, 0.8], [7.0, 7.0, 0.7], [1.0, 3.0, 0.6]]
-    monkeypatch.setattr(Predictor, "_windows", lambda self, frames, txt: [list(r) for r in rows])
+    monkeypatch.setattr(Predictor, "_windows", lambda self, frames, txt: ([list(r) for r in rows], np.zeros(20)))
     frames = np.zeros((20, 768), dtype=np.float32)
     moments = p.predict(frames, np.zeros((4, 768), dtype=np.float32), top_k=3)
     assert [(m.start, m.end) for m in moments] == [(2.0, 6.0), (1.0, 3.0)]
+
+
+def test_explain_gives_the_saliency_of_every_second(tmp_path) -> None:
+    """``Predictor.explain``: ``predict``'s moments and a saliency per second; in a long recording,
+    a second only the first window holds has that window's score (the recording's first 8 s alone)."""
+    from amr.inference.predictor import Predictor
+
+    p = Predictor(random_checkpoint(tmp_path / "model.ckpt"), device="cpu", max_frames=8)
+    rng = np.random.default_rng(0)
+    frames, txt = rng.standard_normal((20, 768)).astype(np.float32), rng.standard_normal((5, 768)).astype(np.float32)
+    moments, saliency = p.explain(frames, txt, top_k=3)
+    assert saliency.shape == (20,) and np.isfinite(saliency).all() and saliency.std() > 0
+    assert moments == p.predict(frames, txt, top_k=3)
+    alone = p.explain(frames[:8], txt)[1]
+    np.testing.assert_allclose(saliency[:4], alone[:4], atol=1e-5)

@@ -301,7 +301,7 @@ def test_evaluating_a_checkpoint_reproduces_the_run(tmp_path, trained_with) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "detr" / "train.log").read_text()
     assert "fit=false: decode as the command line sets it: {'name': 'detr'" in log
-    assert "fit=false: model as the checkpoint says: {'hidden_dim': 64" in log
+    assert "fit=false: model as the checkpoint says: {'name': 'qd_detr', 'hidden_dim': 64" in log
     preds = "predictions/test_preds.jsonl"
     assert (tmp_path / "detr" / preds).read_text() != (tmp_path / "run" / preds).read_text()
 

@@ -57,17 +57,25 @@ def _convert(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from amr.checkpoints import load_official, write_weights
-    from amr.training.config import LossCfg, ModelCfg, OptimCfg
+    from amr.model import QDDETRConfig
+    from amr.training.config import LossCfg, OptimCfg
     from amr.training.module import MomentRetrievalModule
 
     check_output(args.out, [args.checkpoint])
     model = load_official(args.checkpoint, t2v_mask=args.t2v_mask)
-    module = MomentRetrievalModule(
-        model=asdict(ModelCfg(t2v_mask=args.t2v_mask)), loss=asdict(LossCfg()), optim=asdict(OptimCfg())
-    )
+    settings = {"name": "qd_detr", **asdict(QDDETRConfig(t2v_mask=args.t2v_mask))}
+    module = MomentRetrievalModule(model=settings, loss=asdict(LossCfg()), optim=asdict(OptimCfg()))
     module.model.load_state_dict(model.state_dict())
     write_weights(args.out, module.state_dict(), dict(module.hparams))
     print(f"amr checkpoint written to {args.out}")
+
+
+def _convert_lighthouse(args: argparse.Namespace) -> None:
+    from amr.checkpoints.lighthouse import convert_lighthouse
+
+    check_output(args.out, [args.checkpoint])
+    out, name = convert_lighthouse(args.checkpoint, args.out)
+    print(f"amr checkpoint of lighthouse's {name} written to {out} (model={name})")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -314,6 +322,11 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("out", type=Path)
     c.add_argument("--t2v-mask", choices=["official", "per_sample"], default="official")
     c.set_defaults(fn=_convert)
+
+    lh = sub.add_parser("convert-lighthouse", help="lighthouse checkpoint (Moment-DETR, CG-DETR) -> amr checkpoint")
+    lh.add_argument("checkpoint", type=Path, help="lighthouse's {model, optimizer, lr_scheduler, epoch, opt} file")
+    lh.add_argument("out", type=Path)
+    lh.set_defaults(fn=_convert_lighthouse)
 
     x = sub.add_parser("export", help="weights and config of a checkpoint, without optimizer state, for sharing")
     x.add_argument("checkpoint", type=Path, help="a run's best or last checkpoint")

@@ -15,7 +15,7 @@ from torch import nn
 
 from amr.inference.calibration import Calibrator
 from amr.inference.decoders import DecodeConfig, Rows, decode_batch
-from amr.model import postprocess
+from amr.model import network_inputs, postprocess
 
 MAX_TS = 300.0  # the official clamp of predicted windows, in seconds, whatever the recording's length
 
@@ -76,12 +76,11 @@ class Candidates:
 def network_outputs(
     model: nn.Module, batch: dict[str, Any], max_ts: float = MAX_TS
 ) -> tuple[dict[str, Any], Candidates]:
-    """Run the network on a batch of :func:`amr.data.dataset.collate`: its outputs, and the official
+    """Run the network on a batch of :func:`amr.data.dataset.collate` (in the input layout it
+    declares): its outputs, and the official
     rows (spans de-normalised by each item's ``duration``, clamped to ``[0, max_ts]``, ranked by
     foreground probability) with each item's valid-frame saliency."""
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in batch["inputs"].items()}
-    outputs = model(**inputs)
+    outputs = model(**network_inputs(model, batch, next(model.parameters()).device))
     durations = [float(d) for d in batch["duration"].tolist()]
     ranked = postprocess(outputs, durations, max_ts=max_ts)
     saliency = outputs["saliency_scores"].detach().float().cpu().numpy()

@@ -268,8 +268,9 @@ class Predictor:
         return arr
 
     @torch.inference_mode()
-    def _windows(self, frames: np.ndarray, txt: np.ndarray) -> list[list[float]]:
-        """Candidates of every window, in seconds of the whole recording (1 frame per second)."""
+    def _windows(self, frames: np.ndarray, txt: np.ndarray) -> tuple[list[list[float]], np.ndarray]:
+        """Candidates of every window, in seconds of the whole recording (1 frame per second), and
+        the saliency of every frame (the mean over the windows holding it)."""
         norm = l2_normalize(frames)
         size = min(len(norm), self.max_frames)
         starts = window_starts(len(norm), size)
@@ -284,12 +285,18 @@ class Predictor:
             for i, s in enumerate(starts)
         ]
         batch = collate(items)
-        lines = predict_batch(self.model, batch, float(size), self.decode, self.calibrator).lines
-        return [
+        pred = predict_batch(self.model, batch, float(size), self.decode, self.calibrator)
+        rows = [
             [st + s, ed + s, sc]
-            for s, line in zip(starts, lines, strict=True)
+            for s, line in zip(starts, pred.lines, strict=True)
             for st, ed, sc in line["pred_relevant_windows"]
         ]
+        curves = pred.outputs["saliency_scores"].float().cpu().numpy()[:, :size]
+        total, count = np.zeros(len(norm)), np.zeros(len(norm))
+        for s, curve in zip(starts, curves, strict=True):
+            total[s : s + size] += curve
+            count[s : s + size] += 1
+        return rows, total / np.maximum(count, 1)
 
     def predict(
         self,
@@ -304,10 +311,21 @@ class Predictor:
         official one by default: integer seconds, ranked by confidence, no suppression), clamped to
         the recording instead of 300 s; a longer one is windowed, each window decoded, and merged.
         """
+        return self.explain(audio_or_features, query, top_k)[0]
+
+    def explain(
+        self,
+        audio_or_features: str | Path | AudioWindows | np.ndarray | torch.Tensor,
+        query: str | np.ndarray | torch.Tensor,
+        top_k: int = 5,
+    ) -> tuple[list[Moment], np.ndarray]:
+        """:meth:`predict`'s moments and the saliency of every second of the recording (T,): the
+        network's per-frame score against the query, averaged where windows of a long one overlap."""
         at_least_one(top_k, "top_k")
         frames = self.audio_features(audio_or_features)
         txt = self.text_features(query)
-        rows = [r for r in self._windows(frames, txt) if r[1] > r[0]]  # a zero-length window is no moment
+        rows, saliency = self._windows(frames, txt)
+        rows = [r for r in rows if r[1] > r[0]]  # a zero-length window is no moment
         if len(frames) > self.max_frames:
             rows = merge(rows, self.nms_iou, top_k)
-        return [Moment(*r) for r in rows[:top_k]]
+        return [Moment(*r) for r in rows[:top_k]], saliency

@@ -45,11 +45,11 @@ class CGDETRCriterion(SetCriterion):
         self,
         matcher: HungarianMatcher,
         weight_dict: dict[str, float],
-        eos_coef: float = 0.1,
-        saliency_margin: float = 0.2,
         lw_wattn: float = 1.0,
+        **settings: float | str | None,
     ) -> None:
-        super().__init__(matcher, weight_dict, eos_coef=eos_coef, saliency_margin=saliency_margin)
+        """``settings``: :class:`SetCriterion`'s (``eos_coef``, ``saliency_margin``, ``cls``, ...)."""
+        super().__init__(matcher, weight_dict, **settings)  # type: ignore[arg-type]
         self.lw_wattn = lw_wattn
 
     def loss_saliency(self, outputs: dict, targets: dict) -> dict[str, Tensor]:
@@ -94,7 +94,7 @@ class CGDETRCriterion(SetCriterion):
         dummy_target[0] = 1  # the first maximum of each row of [~eye, ones]: column 1 for row 0, 0 after
         loss = loss + F.cross_entropy(torch.cat([m @ sd.T, n @ sd.T], 1), dummy_target)
         logit = torch.sigmoid(outputs["memory_moment"][:, None] @ outputs["src_vid"].transpose(1, 2))  # (B, 1, Lv)
-        relevant = targets["relevant_clips"].clamp(0, 1)
+        relevant = targets["saliency_all_labels"].clamp(0, 1)  # lighthouse's relevant_clips
         bce = F.binary_cross_entropy(logit.reshape(-1), relevant.reshape(-1), reduction="none")
         return loss + (bce * outputs["video_mask"].reshape(-1)).mean()
 
@@ -141,11 +141,12 @@ def cg_weight_dict(
     ms_align: float = 1.0,
     distill: float = 1.0,
     dec_layers: int = 3,
+    aux_loss: bool = True,
 ) -> dict[str, float]:
     """lighthouse's CG-DETR weights; the orthogonality term takes ``distill``'s weight."""
     final = {"loss_ms_align": ms_align, "loss_distill": distill, "loss_orthogonal_dummy": distill}
     weights = {"loss_span": span, "loss_giou": giou, "loss_label": label, "loss_saliency": saliency, **final}
-    for i in range(dec_layers - 1):
+    for i in range(dec_layers - 1 if aux_loss else 0):
         weights.update({f"loss_span_{i}": span, f"loss_giou_{i}": giou, f"loss_label_{i}": label})
         weights.update({f"{k}_{i}": v for k, v in final.items()})
     return weights

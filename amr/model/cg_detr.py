@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from amr.model.decoder import MLP, Decoder, aux_outputs
 from amr.model.dropout import Dropout
 from amr.model.encoder import FFN, LayerStack, SelfAttentionLayer, t2v_blocked
+from amr.model.inputs import InputLayout
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.projection import InputProjection, input_projection
 from amr.model.span_ops import inverse_sigmoid
@@ -56,8 +57,13 @@ class CGDETRConfig:
     n_input_proj: int = 2
     aud_dim: int = 768  # audio frame size; 2 time features are put before it
     txt_dim: int = 768
-    max_q_l: int = 32  # size of the (unused) learned text position table
+    max_q_l: int = 32  # text cut to this many tokens; size of the (unused) learned text position table
     aux_loss: bool = True
+    # the criterion's weights of its own terms (lighthouse's model file holds them too): the T2V
+    # attention's saliency terms, the moment-sentence alignment, the distillation and orthogonality
+    lw_wattn: float = 1.0
+    lw_ms_align: float = 1.0
+    lw_distill: float = 1.0
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.nheads or self.hidden_dim % INNER_HEADS:
@@ -235,6 +241,12 @@ class CGDETR(nn.Module):
         """(B, Lv): each frame's state against the global token, scaled by 1/sqrt(d)."""
         proj = self.saliency_proj1(mem_local) * self.saliency_proj2(mem_global)
         return proj.sum(-1) / math.sqrt(self.cfg.hidden_dim)
+
+    @property
+    def layout(self) -> InputLayout:
+        """lighthouse's: time features first, text L2-normalised and cut to ``max_q_l`` tokens; in
+        training the recording ids and relevant frames too."""
+        return InputLayout(time_first=True, text_l2=True, max_text=self.cfg.max_q_l, pairs=True)
 
     def forward(
         self,

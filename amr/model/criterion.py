@@ -199,20 +199,20 @@ class LossConfig:
     cls_gamma: float = 2.0
     matcher: str = "scipy"  # assignment solver: scipy (official, per sample on the CPU) | enumerate (on device)
 
+    def hungarian(self) -> HungarianMatcher:
+        """The matcher these costs make."""
+        return HungarianMatcher(self.set_cost_class, self.set_cost_span, self.set_cost_giou, solver=self.matcher)
+
+    def settings(self) -> dict[str, float | str | None]:
+        """The keyword arguments of :class:`SetCriterion` beside the matcher and the weights."""
+        names = ("eos_coef", "saliency_margin", "cls", "cls_alpha", "cls_gamma")
+        return {name: getattr(self, name) for name in names}
+
 
 def build_criterion(dec_layers: int = 2, aux_loss: bool = True, **losses: float | str | None) -> SetCriterion:
     """The official criterion; keyword arguments override fields of :class:`LossConfig`."""
     c = LossConfig(**losses)  # type: ignore[arg-type]
-    matcher = HungarianMatcher(c.set_cost_class, c.set_cost_span, c.set_cost_giou, solver=c.matcher)
     weights = official_weight_dict(
         c.span_loss_coef, c.giou_loss_coef, c.label_loss_coef, c.lw_saliency, dec_layers, aux_loss
     )
-    return SetCriterion(
-        matcher,
-        weights,
-        eos_coef=c.eos_coef,
-        saliency_margin=c.saliency_margin,
-        cls=c.cls,
-        cls_alpha=c.cls_alpha,
-        cls_gamma=c.cls_gamma,
-    )
+    return SetCriterion(c.hungarian(), weights, **c.settings())  # type: ignore[arg-type]

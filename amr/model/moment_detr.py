@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from amr.model.decoder import MLP, aux_outputs
 from amr.model.dropout import Dropout
+from amr.model.inputs import InputLayout
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.projection import input_projection
 
@@ -38,7 +39,7 @@ class MomentDETRConfig:
     n_input_proj: int = 2
     aud_dim: int = 768  # audio frame size; 2 time features are put before it
     txt_dim: int = 768
-    max_q_l: int = 32  # size of the (unused) learned text position table
+    max_q_l: int = 32  # text cut to this many tokens; size of the (unused) learned text position table
     aux_loss: bool = True
 
     def __post_init__(self) -> None:
@@ -151,6 +152,11 @@ class MomentDETR(nn.Module):
         self.input_txt_proj = input_projection(cfg.txt_dim, d, cfg.n_input_proj, cfg.input_dropout)
         self.input_vid_proj = input_projection(cfg.aud_dim + 2, d, cfg.n_input_proj, cfg.input_dropout)
         self.saliency_proj = nn.Linear(d, 1)
+
+    @property
+    def layout(self) -> InputLayout:
+        """lighthouse's: time features first, text L2-normalised and cut to ``max_q_l`` tokens."""
+        return InputLayout(time_first=True, text_l2=True, max_text=self.cfg.max_q_l)
 
     def forward(self, src_txt: Tensor, src_txt_mask: Tensor, src_aud: Tensor, src_aud_mask: Tensor) -> dict:
         """

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from amr.model.decoder import MLP, Decoder, aux_outputs
 from amr.model.encoder import LayerStack, SelfAttentionLayer, T2VMask, TextToAudioLayer, t2v_blocked
+from amr.model.inputs import OFFICIAL
 from amr.model.position import AudioSinePosition, TrainableTextPosition
 from amr.model.projection import input_projection
 from amr.model.span_ops import inverse_sigmoid
@@ -98,6 +99,8 @@ class Transformer(nn.Module):
 
 class QDDETR(nn.Module):
     """The baseline retriever. See the module docstring."""
+
+    layout = OFFICIAL  # the official batch as it is
 
     def __init__(self, cfg: QDDETRConfig | None = None) -> None:
         super().__init__()

@@ -12,6 +12,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 
@@ -21,7 +22,7 @@ from amr.data.features import Encoder as FeaturesCfg  # the features config is t
 from amr.inference.decoders import DecodeConfig as DecodeCfg  # the decoding config is the decoder's own dataclass
 from amr.metrics.retrieval import DEFAULT_BUCKET_EDGES, MONITOR, SHORT_NAMES, length_buckets
 from amr.model import LossConfig as LossCfg  # the loss config is the criterion's own dataclass
-from amr.model import QDDETRConfig as ModelCfg  # the model config is the network's own dataclass
+from amr.model import retriever
 from amr.model.criterion import CLS_LOSSES
 from amr.model.matcher import SOLVERS
 from amr.training.loggers import issubclass_of, logger_class
@@ -116,7 +117,9 @@ class TrainConfig:
     features: FeaturesCfg = field(default_factory=lambda: FeaturesCfg(audio_dim=0, text_dim=0))
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     train: StageCfg = field(default_factory=StageCfg)
-    model: ModelCfg = field(default_factory=ModelCfg)
+    # the network and its settings (the ``model`` group): ``name`` picks the network, the other keys
+    # are its config dataclass's (checked against it by :func:`model_config`)
+    model: dict[str, Any] = field(default_factory=dict)
     loss: LossCfg = field(default_factory=LossCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     augment: AugmentCfg = field(default_factory=AugmentCfg)
@@ -214,6 +217,10 @@ def _validate_stacked(cfg: DictConfig) -> None:
         raise ValueError(f"stacked_runs must be >= 1, got {n}")
     if n == 1:
         return
+    if (why := retriever(cfg.model).stacks) is not None:
+        raise ValueError(
+            f"stacked_runs: model={cfg.model.get('name')} cannot be stacked ({why}); train its seeds as runs alone"
+        )
     if not cfg.fixed_shapes:
         raise ValueError("stacked_runs > 1 needs fixed_shapes=true: the members' batches are stacked into one shape")
     if not cfg.fit:
@@ -296,6 +303,18 @@ def unknown_keys(node: Any, cls: Any = None, prefix: str = "") -> list[str]:
     return out
 
 
+def model_config(cfg: DictConfig) -> Any:
+    """The typed config dataclass of ``cfg.model``'s network; a ValueError names a bad network, key or value."""
+    spec = retriever(cfg.model)
+    settings = {k: v for k, v in plain(cfg.model).items() if k != "name"}
+    spec.settings(settings)  # unknown keys, named with the network's own
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(spec.config), settings)
+    except ValidationError as e:
+        raise ValueError(f"model.{e.full_key}: {e.msg}") from None
+    return OmegaConf.to_object(typed)
+
+
 def _validate_keys(cfg: DictConfig) -> None:
     """Keys the schema lacks, the tracked metric, and network widths other than the features'."""
     unknown = unknown_keys(cfg)
@@ -323,7 +342,9 @@ def validate(cfg: DictConfig, searched: list[str] | None = None) -> None:
     and then ignored. Raises ValueError naming the key (and the allowed values)."""
     _validate_keys(cfg)
     _validate_augment(cfg)
-    _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
+    if "t2v_mask" in cfg.model:
+        _in(cfg.model.t2v_mask, ("official", "per_sample"), "model.t2v_mask")
+    model_config(cfg)
     _in(cfg.loss.cls, tuple(CLS_LOSSES), "loss.cls")
     _in(cfg.loss.matcher, SOLVERS, "loss.matcher")
     _validate_stacked(cfg)

@@ -14,7 +14,7 @@ from amr.inference.calibration import Calibrator
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import MONITOR, length_buckets, logged_names
 from amr.metrics.torchmetric import MomentRetrievalMetric
-from amr.model import QDDETR, QDDETRConfig, build_criterion
+from amr.model import build, criterion, network_inputs
 
 
 def adamw(
@@ -32,6 +32,13 @@ def adamw(
 
 FULL_PRECISION = {"32-true", "32", "64-true", "64"}
 LOSS_TERMS = ("loss_span", "loss_giou", "loss_label", "loss_saliency")  # logged per epoch beside the total
+
+
+def final_terms(losses: dict[str, torch.Tensor]) -> list[str]:
+    """The loss terms of the final decoder layer (every network's four, then its own, e.g. CG-DETR's
+    alignment, distillation and orthogonality)."""
+    own = [k for k in losses if k.startswith("loss_") and k not in LOSS_TERMS and not k.rsplit("_", 1)[-1].isdigit()]
+    return [*LOSS_TERMS, *sorted(own)]
 
 
 def optimisers(params: Iterable[torch.nn.Parameter], optim: dict[str, Any], precision: Any) -> dict[str, Any]:
@@ -67,24 +74,23 @@ class MomentRetrievalModule(pl.LightningModule):
         self.save_hyperparameters()
         self.decode = DecodeConfig(**(decode or {}))  # how validation and test form moments
         self.calibrator: Calibrator | None = None  # re-scores validation and test moments when set
-        self.model = QDDETR(QDDETRConfig(**model))
-        self.criterion = build_criterion(
-            dec_layers=model.get("dec_layers", 2), aux_loss=model.get("aux_loss", True), **loss
-        )
+        self.model = build(model)[0]  # the network ``model["name"]`` names (QD-DETR without one)
+        self.criterion = criterion(model, loss)
         self.metrics: dict[str, MomentRetrievalMetric] = {}
         self.predictions: dict[str, list[dict[str, Any]]] = {}
         self.results: dict[str, dict[str, Any]] = {}
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return self.model(**inputs)
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The network's outputs on a collated batch, in the input layout it declares."""
+        return self.model(**network_inputs(self.model, batch))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        out = self.model(**batch["inputs"])
+        out = self(batch)
         losses = self.criterion(out, batch["targets"])
         total = self.criterion.total(losses)
         bs = len(batch["index"])
         self.log("train/loss", total, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
-        for k in LOSS_TERMS:
+        for k in final_terms(losses):
             self.log(f"train/{k}", losses[k], on_step=False, on_epoch=True, batch_size=bs)
         return total
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from amr.checkpoints import read
 from amr.data.features import Encoder
 from amr.io import write_json
+from amr.model.registry import DEFAULT as DEFAULT_MODEL
 from amr.results.run_folder import RunFolder
 from amr.runtime import is_rank_zero
 from amr.training.config import plain, stage_augment
@@ -69,7 +70,8 @@ def pretrain_key(cfg: DictConfig) -> str:
             "batch_size": cfg.pretrain.batch_size,
             "eval_batch_size": cfg.pretrain.eval_batch_size,
         },
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        # the network by name, except QD-DETR's: its keys stay as they were before others existed
+        "model": {k: v for k, v in plain(cfg.model).items() if k != "name" or v != DEFAULT_MODEL},
         # the solver only when not the default, so that existing keys stay as they were
         "loss": {k: v for k, v in plain(cfg.loss).items() if k != "matcher" or v != "scipy"},
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),

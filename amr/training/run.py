@@ -28,6 +28,7 @@ from amr.errors import InputError, os_error_behind, os_error_line
 from amr.inference.calibration import Calibrator, beside
 from amr.inference.decoders import DecodeConfig
 from amr.metrics.retrieval import SHORT_NAMES
+from amr.model import retriever
 from amr.results.run_folder import RunFolder
 from amr.results.systems import key_root, override_key
 from amr.runtime import is_rank_zero, tune_allocator
@@ -100,7 +101,7 @@ def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> tuple[DictConfi
     given = {key_root(override_key(o)) for o in job_overrides()}
     cal = checkpoint_calibrator(cfg, ckpt, "decode" in given)
     decode = asdict(cal.decoder()) if cal is not None else ckpt.decode or asdict(DecodeConfig())
-    stored = {"decode": decode, "model": ckpt.hyper_parameters.get("model")}
+    stored = {"decode": decode, "model": ckpt.model_settings}
     trained_on = ckpt.features
     if trained_on and trained_on["feat_dir"] != cfg.data.feat_dir:
         log.info("fit=false: %s features (the checkpoint was trained on %s)", cfg.data.feat_dir, trained_on["feat_dir"])
@@ -109,8 +110,9 @@ def as_the_checkpoint_says(cfg: DictConfig, ckpt: Checkpoint) -> tuple[DictConfi
         if key in given:
             log.info("fit=false: %s as the command line sets it: %s", key, plain(cfg[key]))
         elif value is not None and value != plain(cfg[key]):
-            with open_dict(cfg):
-                cfg[key] = OmegaConf.merge(cfg[key], value)
+            with open_dict(cfg):  # another network's settings replace the composed network's
+                other = key == "model" and value.get("name") != cfg.model.get("name")
+                cfg[key] = OmegaConf.create(value) if other else OmegaConf.merge(cfg[key], value)
             log.info("fit=false: %s as the checkpoint says: %s", key, value)
     return cfg, cal
 
@@ -172,8 +174,10 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
                 f"init_from={resume}, or evaluate it with fit=false ckpt_path={resume}",
                 resume,
             )
-        if cfg.stacked_runs == 1:  # resumed with other features: one line, not a shape error in Lightning
-            Checkpoint(resume, state["state_dict"], state["hyper_parameters"]).model(Encoder.of(cfg.features))
+        if cfg.stacked_runs == 1:  # resumed with other features or network: one line, not a shape error
+            stored = Checkpoint(resume, state["state_dict"], state["hyper_parameters"])
+            stored.check_network(retriever(cfg.model).name, "ckpt_path")
+            stored.model(Encoder.of(cfg.features))
         own = RunFolder(out_dir)
         if resume.resolve() != own.last_ckpt.resolve():  # another folder's run, continued in this new one
             if cfg.stacked_runs > 1:
@@ -187,7 +191,9 @@ def _resume_point(cfg: DictConfig, out_dir: Path) -> Path | None:
     if not cfg.fit:  # weights for other features, or not a checkpoint: one line before any data is read
         Checkpoint.read(cfg.ckpt_path).model(encoder)
     elif cfg.init_from and Path(cfg.init_from).is_file():
-        Checkpoint.read(cfg.init_from).model(encoder)
+        start = Checkpoint.read(cfg.init_from)
+        start.check_network(retriever(cfg.model).name, "init_from")
+        start.model(encoder)
     if is_rank_zero():
         refuse_taken(out_dir, None)
     return None

@@ -250,3 +250,25 @@ def timeline_figure(timelines: Sequence[Timeline]) -> Any:
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     return fig
+
+
+def saliency_figure(
+    saliency: Sequence[float], moments: Sequence[Sequence[float]], gt: Sequence[Sequence[float]] = ()
+) -> Any:
+    """One recording's saliency per second (a line), its moments (shaded, numbered by rank) and
+    the GT windows (a green band along the bottom)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    n = max(len(saliency), 1)
+    ax.plot(np.arange(len(saliency)) + 0.5, saliency, color=BAR_COLOUR, linewidth=1.2)
+    top = ax.get_ylim()[1]
+    for k, (st, ed) in enumerate(moments):
+        ax.axvspan(st, ed, color=SYSTEM_COLOURS[1], alpha=0.15 if k else 0.3, linewidth=0)
+        ax.text((st + ed) / 2, top, f"#{k + 1}", ha="center", va="top", fontsize=7)
+    for st, ed in gt:
+        ax.axvspan(st, ed, ymax=0.05, color="tab:green", linewidth=0)
+    ax.set_xlim(0, n)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("saliency")
+    fig.tight_layout()
+    return fig

@@ -22,6 +22,7 @@ import pickle
 import pickletools
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,17 @@ from torch import nn
 from amr.data.features import Encoder
 from amr.errors import InputError, os_error_behind
 from amr.io import atomic_open
-from amr.model import QDDETR, QDDETRConfig
+from amr.model import QDDETR, QDDETRConfig, build
+from amr.model.registry import DEFAULT as DEFAULT_MODEL
 
 STATE = "state_dict"
 HPARAMS = "hyper_parameters"
 
 
-def read(path: str | Path) -> Any:
-    """The unpickled object of a checkpoint file, tensors on the CPU; code inside is refused."""
+def read(path: str | Path, allow: Sequence[tuple[type, str]] = ()) -> Any:
+    """The unpickled object of a checkpoint file, tensors on the CPU; code inside is refused.
+    ``allow``: (stand-in class, the class name the file gives) pairs torch's weights-only
+    unpickler may build beside tensors and plain containers."""
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint not found", path)
@@ -51,8 +55,8 @@ def read(path: str | Path) -> Any:
     if not head.startswith(b"PK") and not _legacy_torch(path):
         raise InputError(f"not a checkpoint: a plain pickle that {_pickle_names(path)}; amr never unpickles one", path)
     try:
-        with warnings.catch_warnings():  # torch's note on pickle protocols says nothing about the file
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
+            warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols says nothing about the file
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
@@ -155,21 +159,21 @@ class Checkpoint:
         ckpt = read_amr(path)
         return cls(Path(path), ckpt[STATE], ckpt[HPARAMS])
 
-    def model(self, encoder: Encoder | None = None) -> QDDETR:
-        """The network built from the stored config, in eval mode; ``encoder``: whose features it
-        will be given (refused before any data is read when it was trained on other features)."""
+    def model(self, encoder: Encoder | None = None) -> nn.Module:
+        """The network built from the stored config (the network it names), in eval mode;
+        ``encoder``: whose features it will be given (refused before any data is read when it was
+        trained on other features)."""
         try:
-            cfg = QDDETRConfig(**self.hyper_parameters["model"])
+            model, cfg = build(self.model_settings)
         except (TypeError, ValueError, KeyError) as e:
             raise InputError(f"checkpoint holds an unknown model config ({e})", self.path) from None
         if encoder is not None:
             self.check_encoder(cfg, encoder)
-        model = QDDETR(cfg)
         state = {k.removeprefix("model."): v for k, v in self.state.items() if not k.startswith("criterion.")}
         load_strict(model, state, self.path, "the checkpoint's model config")
         return model.eval()
 
-    def check_encoder(self, cfg: QDDETRConfig, encoder: Encoder) -> None:
+    def check_encoder(self, cfg: Any, encoder: Encoder) -> None:
         """One line when the network's widths or the encoder it was trained on differ from ``encoder``."""
         if (cfg.aud_dim, cfg.txt_dim) != (encoder.audio_dim, encoder.text_dim):
             raise InputError(
@@ -183,6 +187,20 @@ class Checkpoint:
                 f"(features={self.encoder.name} reads the ones it was trained on)",
                 self.path,
             )
+
+    def check_network(self, name: str, how: str) -> None:
+        """One line when the checkpoint holds another network than ``name`` (``how``: what gave it)."""
+        own = self.model_settings["name"]
+        if own != name:
+            raise InputError(
+                f"{how}: a {own} checkpoint, and this run trains {name} (model={own} trains its network)", self.path
+            )
+
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """The network's settings, ``name`` included (QD-DETR for checkpoints that predate the
+        record: amr trained no other network then)."""
+        return {"name": DEFAULT_MODEL, **self.hyper_parameters["model"]}
 
     @property
     def encoder(self) -> Encoder:
@@ -203,7 +221,7 @@ class Checkpoint:
         return dict(decode) if decode else None
 
 
-def load_model(path: str | Path, encoder: Encoder | None = None) -> QDDETR:
+def load_model(path: str | Path, encoder: Encoder | None = None) -> nn.Module:
     """The network of an amr checkpoint (:meth:`Checkpoint.model`)."""
     return Checkpoint.read(path).model(encoder)
 
