@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev,translate,audio,video,sweep,clap,laion]"
+	$(PY) -m pip install -q -e ".[dev,translate,audio,video,sweep,clap,laion,demo,browser]"
 	touch $(STAMP)
 
 # The main job: the seed report's System 1 on the synthetic default (Clotho-Moment-like pre-training,

@@ -485,6 +485,11 @@ ELSEWHERE: dict[str, str] = {
     "amr predict --set": "test_predict.py::test_a_zero_length_window_is_never_a_moment",
     "amr predict --calibrator": "test_rescore.py::test_decode_choose_calibrate_and_predict_on_a_trained_run",
     "amr convert-official --t2v-mask": CONVERTED,
+    "amr demo --ckpt": "test_demo.py::test_ask_tab_in_a_browser",
+    "amr demo --runs": "test_demo.py::test_ask_tab_in_a_browser",
+    "amr demo --data-root": "test_demo.py::test_ask_tab_in_a_browser",
+    "amr demo --host": "test_demo.py::test_host_and_port_are_where_the_page_is_served",
+    "amr demo --port": "test_demo.py::test_host_and_port_are_where_the_page_is_served",
 }
 
 # pattern -> why the option changes no result

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from amr.cli.common import add_decode_options, calibrator_option, clap_options, encoder_factory
+from amr.cli.demo import demo_commands
 from amr.cli.rescoring import rescore_commands
 from amr.cli.results import result_commands
 from amr.cli.resynthesis import resynth_commands
@@ -337,7 +338,7 @@ def _model_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_data_commands, resynth_commands, result_commands, rescore_commands, _model_commands):
+    for add in (_data_commands, resynth_commands, result_commands, rescore_commands, _model_commands, demo_commands):
         add(sub)
     return p
 

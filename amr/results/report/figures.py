@@ -253,7 +253,7 @@ def timeline_figure(timelines: Sequence[Timeline]) -> Any:
 
 
 def saliency_figure(
-    saliency: Sequence[float], moments: Sequence[Sequence[float]], gt: Sequence[Sequence[float]] = ()
+    saliency: Sequence[float] | np.ndarray, moments: Sequence[Sequence[float]], gt: Sequence[Sequence[float]] = ()
 ) -> Any:
     """One recording's saliency per second (a line), its moments (shaded, numbered by rank) and
     the GT windows (a green band along the bottom)."""
@@ -263,7 +263,7 @@ def saliency_figure(
     ax.plot(np.arange(len(saliency)) + 0.5, saliency, color=BAR_COLOUR, linewidth=1.2)
     top = ax.get_ylim()[1]
     for k, (st, ed) in enumerate(moments):
-        ax.axvspan(st, ed, color=SYSTEM_COLOURS[1], alpha=0.15 if k else 0.3, linewidth=0)
+        ax.axvspan(st, ed, color=SYSTEM_COLOURS[1], alpha=0.08 if k else 0.35, linewidth=0)
         ax.text((st + ed) / 2, top, f"#{k + 1}", ha="center", va="top", fontsize=7)
     for st, ed in gt:
         ax.axvspan(st, ed, ymax=0.05, color="tab:green", linewidth=0)
