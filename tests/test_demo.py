@@ -79,7 +79,9 @@ def server(world, clap) -> Iterator[str]:
             time.sleep(0.5)
     yield url
     proc.terminate()
-    proc.wait(timeout=30)
+    out = proc.communicate(timeout=30)[0]
+    folder = Path(out.split("audio go to ", 1)[1].split(" (removed", 1)[0])
+    assert folder.name.startswith("amr-demo-") and not folder.exists()  # its own folder, removed at the end
 
 
 @pytest.fixture(scope="module")

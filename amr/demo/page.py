@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +148,15 @@ def _ask_tab(gr: Any, page: Page) -> None:
     ]
     picked.change(page.pick, picked, query)
 
-    def ask(c: str, a: str | None, p: str | None, q: str, k: float, progress: Any = gr.Progress()) -> tuple:  # noqa: B008 - Gradio's way to ask for progress
+    def ask(
+        c: str,
+        a: str | None,
+        p: str | None,
+        q: str,
+        k: float,
+        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> tuple:
+        """Gradio finds the progress bar it fills (MS-CLAP's too) by this default."""
         return page.ask(c, a, p, q, k, progress)
 
     go.click(ask, [ckpt, audio, picked, query, top_k], [status, plot, table, *audios], api_name="ask")
@@ -176,6 +186,9 @@ def serve(cfg: DemoConfig, block: bool = True) -> Any:
     workdir = Path(tempfile.mkdtemp(prefix="amr-demo-"))
     os.environ["GRADIO_TEMP_DIR"] = str(workdir)  # uploads and outputs: the page's own folder
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if block:  # stopped by a signal, too, the folder goes
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print(f"uploads and the moments' audio go to {workdir} (removed when the page stops)", flush=True)
     try:
         blocks = build(Page(cfg, workdir))
         blocks.queue().launch(
