@@ -1,14 +1,15 @@
 """Every checkpoint amr reads or writes, in one place.
 
-Three kinds come in:
+These kinds come in:
 
 - **amr checkpoints**, in Lightning's format: ``state_dict`` (the training module's keys:
   ``model.*`` for the network, ``criterion.*`` for its buffers) and ``hyper_parameters``
-  (``model``, ``loss``, ``optim``). Training writes them (``best.ckpt`` holds weights only,
+  (``model``, its ``name`` the network, ``loss``, ``optim``). Training writes them (``best.ckpt`` holds weights only,
   ``last.ckpt`` adds the optimiser and loop state for resuming); ``amr export`` and
   ``amr convert-official`` write the weights-only form.
 - **official baseline** ``.pth`` files: ``{"model": state_dict, ...}`` or a bare state dict.
 - **MS-CLAP 2023** weights: the same two layouts, keys possibly prefixed by ``module.``.
+- **lighthouse** checkpoints (Moment-DETR, CG-DETR): :mod:`amr.checkpoints.lighthouse`.
 
 Everything is read with ``torch.load(weights_only=True)``: a file that needs more than tensors
 and plain containers to unpickle is refused, never executed. Every load is strict: the missing,
