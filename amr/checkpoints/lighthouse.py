@@ -25,7 +25,7 @@ import torch
 from amr.checkpoints import load_strict, read, write_weights
 from amr.data.features import Encoder
 from amr.errors import InputError
-from amr.model import LossConfig, build, criterion
+from amr.model import LossConfig, build, criterion, retriever
 
 OPTIONS_CLASS = "easydict.EasyDict"
 CONVERTIBLE = ("moment_detr", "cg_detr")  # lighthouse's model_name -> amr's model.name, the same words
@@ -83,7 +83,7 @@ def model_settings(state: dict[str, torch.Tensor], opt: dict[str, Any], path: st
             "total_prompts": _shape(state, "global_rep_token", 0, path),
         }
     settings: dict[str, Any] = {"name": name, **sizes}
-    config = build({"name": name, **sizes})[1]
+    config = retriever({"name": name}).settings(sizes)  # the config alone: its defaults fill what opt lacks
     for f in fields(config):
         if f.name not in settings:
             settings[f.name] = type(getattr(config, f.name))(opt.get(f.name, getattr(config, f.name)))
